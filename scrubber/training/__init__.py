@@ -1,0 +1,1 @@
+"""Building small tokenizers and models from text: the demo, tests and the retrain baseline."""
