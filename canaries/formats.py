@@ -287,10 +287,14 @@ def parse_pattern(spec: str, name: str | None = None, luhn: bool = False) -> Sec
     return SecretFormat(name=name or spec, slots=tuple(slots), luhn=luhn)
 
 
-def credit_card() -> SecretFormat:
+def credit_card(sep: str = " ") -> SecretFormat:
+    """16 Luhn-valid digits in groups of 4 joined by ``sep`` (" ", "-" or "")."""
+    names = {" ": "credit_card", "-": "credit_card_dashed", "": "credit_card_compact"}
+    if sep not in names:
+        raise FormatError(f"card group separator must be ' ', '-' or empty, not {sep!r}")
     return SecretFormat(
-        name="credit_card",
-        slots=parse_pattern("[0-9]{4} [0-9]{4} [0-9]{4} [0-9]{4}").slots,
+        name=names[sep],
+        slots=parse_pattern(sep.join(["[0-9]{4}"] * 4)).slots,
         luhn=True,
         description="16 digits in groups of 4, Luhn-valid",
     )
@@ -317,6 +321,11 @@ _BUILTINS: dict[str, Callable[[], SecretFormat]] = {
     "password": password,
     "digits": digits,
 }
+# Card layouts a detector meets in text; resolvable by name, not listed as builtins.
+_VARIANTS: dict[str, Callable[[], SecretFormat]] = {
+    "credit_card_dashed": lambda: credit_card("-"),
+    "credit_card_compact": lambda: credit_card(""),
+}
 _PARAM_RE = re.compile(r"^(password|digits)(\d+)$")
 
 
@@ -330,6 +339,8 @@ def get_format(name_or_spec: str) -> SecretFormat:
     key = name_or_spec.strip()
     if key in _BUILTINS:
         return _BUILTINS[key]()
+    if key in _VARIANTS:
+        return _VARIANTS[key]()
     m = _PARAM_RE.match(key)
     if m:
         n = int(m.group(2))

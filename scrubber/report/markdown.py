@@ -1,0 +1,128 @@
+"""``report.md``: a summary short enough for a pull-request comment.
+
+Every value from the report is escaped: a masked card ``**** **** **** 1241`` would
+otherwise render as bold text, and a ``|`` in a password would break the table.
+Long tables are cut at ``max_rows`` (GitHub comments stop at 65,536 characters).
+"""
+
+from __future__ import annotations
+
+import re
+
+from scrubber.report import _format as F
+from scrubber.report.gate import level, verdict
+from scrubber.report.schema import Report
+
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>#+|~@])")
+_ICON = {"error": "🔴", "warning": "🟠", "note": "🟢"}
+
+
+def md_escape(text: object) -> str:
+    """Literal text inside Markdown (tables included): emphasis, code, link, HTML,
+    heading/list, table and @mention characters backslash-escaped, ``&`` neutralised so
+    entities cannot smuggle markup, line breaks flattened. ``(`` and ``!`` stay: with
+    ``[`` escaped they cannot form a link or image."""
+    s = str(text).replace("&", "&amp;")
+    s = _MD_SPECIAL.sub(r"\\\1", s)
+    return re.sub(r"[\r\n]+", " ", s)
+
+
+def _table(header: list[str], rows: list[list[str]], max_rows: int) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(r) + " |" for r in rows[:max_rows]]
+    if len(rows) > max_rows:
+        out.append(f"\n_… and {len(rows) - max_rows} more rows: see report.json._")
+    return out
+
+
+def _canary_rows(r: Report) -> list[list[str]]:
+    rows = []
+    for c in r.canaries:
+        cur = c.current()
+        rows.append([
+            f"{_ICON[level(cur.exposure, c.id, r.gate)]} {md_escape(c.id)}",
+            md_escape(c.format),
+            md_escape(c.secret),
+            F.count(c.repetitions),
+            F.num(c.max_exposure),
+            F.exposure(c.before),
+            c.before.exposure_method,
+            F.exposure(c.after),
+            F.yes_no(c.before.extracted) + " / " + F.yes_no(c.after.extracted if c.after else None),
+        ])
+    return rows
+
+
+def _finding_rows(r: Report) -> list[list[str]]:
+    rows = []
+    for f in sorted(r.findings, key=lambda f: -f.exposure.exposure):
+        rows.append([
+            f"{_ICON[level(f.exposure.exposure, f.id, r.gate)]} {md_escape(f.id)}",
+            md_escape(f.format),
+            md_escape(f.detector),
+            md_escape(f.value),
+            md_escape(f.prompt),
+            F.exposure(f.exposure) + f" {f.exposure.exposure_method}",
+            F.num(f.zlib_ratio, 2),
+            F.num(f.perplexity, 1),
+            F.yes_no(f.memorized),
+        ])
+    return rows
+
+
+def _tokenizer_lines(r: Report, max_rows: int) -> list[str]:
+    tok = r.tokenizer
+    if tok is None:
+        return []
+    lines = ["", "### Tokenizer", ""]
+    if not tok.findings:
+        lines.append("No vocabulary entries hold secret pieces.")
+    else:
+        rows = [
+            [md_escape(f.id), md_escape(f.format or "–"), md_escape(f.value),
+             md_escape(", ".join(map(str, f.token_ids)) or "–"), F.yes_no(f.flagged), md_escape(f.evidence)]
+            for f in tok.findings
+        ]
+        lines += _table(["id", "format", "pieces", "token ids", "flagged", "evidence"], rows, max_rows)
+    if tok.advice:
+        lines += [""] + [f"- {md_escape(a)}" for a in tok.advice]
+    return lines
+
+
+def render_markdown(report: Report, max_rows: int = 50) -> str:
+    r = report
+    lines = [
+        f"## scrubber {md_escape(r.command)}: {md_escape(r.model.path)}",
+        "",
+        f"**Verdict:** {md_escape(verdict(r.gate))}",
+    ]
+    if r.gate is not None and r.gate.offenders:
+        lines.append("")
+        lines.append("Over the threshold: " + ", ".join(md_escape(o) for o in r.gate.offenders[:max_rows]))
+    lines += [
+        "",
+        f"Model: {md_escape(F.model_line(r))}. scrubber {md_escape(r.tool.version)}, "
+        f"{r.created.isoformat(timespec='seconds')}, report schema {r.schema_version}.",
+    ]
+    if r.revealed:
+        lines += ["", "> ⚠️ **Secrets are shown unmasked (--reveal). Do not post this publicly.**"]
+    if r.canaries:
+        lines += ["", "### Canaries", "", "Exposure in bits (confidence interval); after = scrubbed model.", ""]
+        lines += _table(
+            ["id", "format", "secret", "reps", "max", "exposure before", "method", "after", "extracted before / after"],
+            _canary_rows(r), max_rows,
+        )
+    if r.findings or (r.command == "scan" and not r.canaries):
+        lines += ["", "### Findings", ""]
+        if r.findings:
+            lines += _table(
+                ["id", "format", "detector", "value", "prompt", "exposure", "zlib ratio", "perplexity", "memorized"],
+                _finding_rows(r), max_rows,
+            )
+        else:
+            lines.append("The discovery scan found no candidate secrets.")
+    lines += _tokenizer_lines(r, max_rows)
+    lines += ["", md_escape(F.utility_line(r.utility))]
+    if r.scrub is not None:
+        lines += ["", md_escape(F.scrub_line(r.scrub))]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,187 @@
+"""``report.sarif``: SARIF 2.1.0 for code-scanning systems (GitHub, GitLab, Azure).
+
+Mapping, chosen so the alert list mirrors the report and the gate:
+
+* one **rule** per secret format present (``scrubber/credit_card``; pattern specs
+  get ``scrubber/pattern-<hash>`` since rule ids must be plain), plus
+  ``scrubber/tokenizer-leak`` for vocabulary entries;
+* one **result** per canary, per finding and per tokenizer finding, whatever its
+  exposure, so a scrub that worked shows up as alerts dropping to ``note``;
+* **level** from :func:`scrubber.report.gate.level`: ``error`` for gate offenders
+  (or >= 20 bits when no gate is set), ``warning`` from 10 bits, ``note`` below;
+* the location is logical (the model has no lines): ``name`` is the item id,
+  ``fullyQualifiedName`` is ``<model path>/<id>``; a physical location naming the
+  model directory is added because some viewers drop results without one.
+
+Messages carry the value exactly as the report holds it (masked unless revealed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from importlib import metadata
+from pathlib import PurePath
+from typing import Any
+from urllib.parse import quote
+
+from scrubber.report.gate import level
+from scrubber.report.schema import CanaryReport, FindingReport, Report, TokenizerFinding
+
+SARIF_VERSION = "2.1.0"
+SARIF_SCHEMA = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
+TOKENIZER_RULE = "scrubber/tokenizer-leak"
+_FALLBACK_URI = "https://pypi.org/project/scrubber/"
+_PLAIN = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def information_uri() -> str:
+    """The project's home page from package metadata, else its package index page."""
+    try:
+        meta = metadata.metadata("scrubber")
+    except metadata.PackageNotFoundError:
+        return _FALLBACK_URI
+    for entry in meta.get_all("Project-URL") or []:
+        _, _, url = entry.partition(", ")
+        if url.startswith("https://"):
+            return url
+    home = meta.get("Home-page")
+    return home if home and home.startswith("https://") else _FALLBACK_URI
+
+
+def rule_id(fmt: str) -> str:
+    if _PLAIN.match(fmt):
+        return f"scrubber/{fmt}"
+    return "scrubber/pattern-" + hashlib.sha256(fmt.encode()).hexdigest()[:10]
+
+
+def _rule(rid: str, fmt: str | None) -> dict[str, Any]:
+    if fmt is None:
+        short = "Tokenizer vocabulary holds pieces of a secret"
+        full = ("The checkpoint's tokenizer learned pieces of a secret as vocabulary entries or merges. "
+                "Scrubbing the weights leaves them in every released copy.")
+        fix = ("Retrain the tokenizer on the cleaned corpus, or drop the leaking tokens "
+               "(scrubber's opt-in token removal) and re-release the tokenizer.")
+    else:
+        short = f"Model memorized a secret of format {fmt}"
+        full = (f"A value of format {fmt} is exposed: the model ranks it far above random values of the "
+                "same format (Secret Sharer exposure, in bits; the maximum is log2 of the format's size).")
+        fix = ("Run `scrubber scrub` on the model with this canary (or the file from "
+               "`scrubber scan --emit-canaries`), rotate the secret, and remove it from the training data.")
+    return {
+        "id": rid,
+        "name": "TokenizerLeak" if fmt is None else "MemorizedSecret",
+        "shortDescription": {"text": short},
+        "fullDescription": {"text": full},
+        "help": {"text": fix, "markdown": fix},
+        "helpUri": information_uri(),
+        "defaultConfiguration": {"level": "warning"},
+        "properties": {"tags": ["security", "privacy", "memorization"], "format": fmt},
+    }
+
+
+def _artifact_uri(path: str) -> str:
+    """A URI for the model directory: ``file://`` when absolute, else a relative reference."""
+    p = PurePath(path)
+    return p.as_uri() if p.is_absolute() else quote(p.as_posix())
+
+
+def _location(report: Report, item_id: str, kind: str) -> dict[str, Any]:
+    return {
+        "physicalLocation": {"artifactLocation": {"uri": _artifact_uri(report.model.path)}},
+        "logicalLocations": [{
+            "name": item_id,
+            "fullyQualifiedName": f"{report.model.path.rstrip('/')}/{item_id}",
+            "kind": kind,
+        }],
+    }
+
+
+def _fingerprint(report: Report, kind: str, item_id: str) -> dict[str, str]:
+    """Stable across runs so code scanning tracks one alert per item (no secret in it)."""
+    key = f"{report.model.path}\0{kind}\0{item_id}"
+    return {"scrubberItem/v1": hashlib.sha256(key.encode()).hexdigest()}
+
+
+def _canary_result(r: Report, c: CanaryReport, rules: dict[str, int]) -> dict[str, Any]:
+    cur = c.current()
+    when = "after scrub" if c.after is not None else "in the input model"
+    text = (f"Canary {c.id!r} ({c.format}, secret {c.secret}) has exposure {cur.exposure:.1f} bits {when} "
+            f"({cur.exposure_method}; max {c.max_exposure:.1f}); greedy extraction: "
+            f"{'yes' if cur.extracted else 'no'}.")
+    if c.after is not None:
+        text += f" Before the scrub: {c.before.exposure:.1f} bits."
+    props = {"kind": "canary", "format": c.format, "repetitions": c.repetitions, "maxExposure": c.max_exposure,
+             "exposure": cur.exposure, "exposureMethod": cur.exposure_method, "ciLow": cur.ci_low,
+             "ciHigh": cur.ci_high, "extracted": cur.extracted, "exposureBefore": c.before.exposure,
+             "exposureAfter": c.after.exposure if c.after else None}
+    return _result(r, rule_id(c.format), rules, level(cur.exposure, c.id, r.gate), text, c.id, "canary", props)
+
+
+def _finding_result(r: Report, f: FindingReport, rules: dict[str, int]) -> dict[str, Any]:
+    m = f.exposure
+    text = (f"Possible memorized secret {f.value} ({f.format}, detector {f.detector}) sampled from prompt "
+            f"{f.prompt!r}: exposure {m.exposure:.1f} bits ({m.exposure_method}); "
+            f"{'memorized' if f.memorized else 'not judged memorized'}.")
+    props = {"kind": "finding", "format": f.format, "detector": f.detector, "exposure": m.exposure,
+             "exposureMethod": m.exposure_method, "ciLow": m.ci_low, "ciHigh": m.ci_high,
+             "maxExposure": f.max_exposure, "extracted": m.extracted, "memorized": f.memorized,
+             "zlibRatio": f.zlib_ratio, "perplexity": f.perplexity}
+    return _result(r, rule_id(f.format), rules, level(m.exposure, f.id, r.gate), text, f.id, "finding", props)
+
+
+def _tokenizer_result(r: Report, t: TokenizerFinding, rules: dict[str, int]) -> dict[str, Any]:
+    lvl = "error" if r.gate is not None and t.id in r.gate.offenders else ("warning" if t.flagged else "note")
+    text = (f"Tokenizer holds pieces {t.value} of {t.id!r}"
+            + (f" ({t.format})" if t.format else "") + (f": {t.evidence}" if t.evidence else "") + ".")
+    props = {"kind": "tokenizer", "format": t.format, "tokenIds": t.token_ids, "flagged": t.flagged}
+    return _result(r, TOKENIZER_RULE, rules, lvl, text, t.id, "tokenizer", props)
+
+
+def _result(r: Report, rid: str, rules: dict[str, int], lvl: str, text: str, item_id: str, kind: str,
+            props: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "ruleId": rid,
+        "ruleIndex": rules[rid],
+        "level": lvl,
+        "message": {"text": text},
+        "locations": [_location(r, item_id, "member")],
+        "partialFingerprints": _fingerprint(r, kind, item_id),
+        "properties": props,
+    }
+
+
+def build_sarif(report: Report) -> dict[str, Any]:
+    """The SARIF log as a dict (see the module docstring for the mapping)."""
+    r = report
+    formats = list(dict.fromkeys([c.format for c in r.canaries] + [f.format for f in r.findings]))
+    rule_list = [_rule(rule_id(fmt), fmt) for fmt in formats] + [_rule(TOKENIZER_RULE, None)]
+    index = {rule["id"]: i for i, rule in enumerate(rule_list)}
+    results = [_canary_result(r, c, index) for c in r.canaries]
+    results += [_finding_result(r, f, index) for f in r.findings]
+    if r.tokenizer is not None:
+        results += [_tokenizer_result(r, t, index) for t in r.tokenizer.findings]
+    return {
+        "$schema": SARIF_SCHEMA,
+        "version": SARIF_VERSION,
+        "runs": [{
+            "tool": {"driver": {
+                "name": "scrubber",
+                "version": r.tool.version,
+                "informationUri": information_uri(),
+                "rules": rule_list,
+            }},
+            "invocations": [{"executionSuccessful": True}],
+            "results": results,
+            "properties": {
+                "command": r.command, "model": r.model.path, "reportSchemaVersion": r.schema_version,
+                "revealed": r.revealed, "created": r.created.isoformat(),
+                "gate": r.gate.model_dump() if r.gate else None,
+            },
+        }],
+    }
+
+
+def render_sarif(report: Report) -> str:
+    return json.dumps(build_sarif(report), indent=2, ensure_ascii=False) + "\n"

@@ -1,0 +1,186 @@
+"""The exposure report as pydantic models: the one source of truth for every writer.
+
+People's CI parses ``report.json``, so field names here are a contract: add fields,
+never rename or remove them without bumping :data:`SCHEMA_VERSION`. Secrets arrive
+already masked (unless ``revealed``); nothing here or in the writers unmasks them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from importlib import metadata
+from typing import Any, Iterator, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = "1.0"
+
+ExposureMethod = Literal["exact", "search", "extrapolated", "interpolated"]
+Command = Literal["scan", "scrub", "demo"]
+
+
+class _Strict(BaseModel):
+    """Unknown keys rejected, no NaN/inf (not valid JSON), and inputs kept out of errors
+    so a validation failure never prints a secret. The JSON Schema lists every key as
+    required because the writer always emits it (null when absent)."""
+
+    model_config = ConfigDict(
+        extra="forbid", allow_inf_nan=False, hide_input_in_errors=True,
+        json_schema_serialization_defaults_required=True,  # every key is always written
+    )
+
+
+def tool_version() -> str:
+    try:
+        return metadata.version("scrubber")
+    except metadata.PackageNotFoundError:  # running from a source tree that is not installed
+        return "0+unknown"
+
+
+class ToolInfo(_Strict):
+    name: Literal["scrubber"] = "scrubber"
+    version: str = Field(default_factory=tool_version, description="scrubber's package version.")
+
+
+class ModelInfo(_Strict):
+    path: str = Field(description="The checkpoint directory as given on the command line.")
+    architecture: str | None = Field(None, description="config.architectures[0], e.g. 'GPT2LMHeadModel'.")
+    n_parameters: int | None = Field(None, ge=0, description="Total parameter count.")
+
+
+class Measurement(_Strict):
+    """One exposure measurement of one secret against one model."""
+
+    exposure: float = Field(description="Exposure in bits: log2|R| - log2 rank (or -log2 CDF when extrapolated).")
+    exposure_method: ExposureMethod = Field(description="How the rank was obtained.")
+    ci_low: float | None = Field(None, description="Lower end of the exposure's confidence interval, bits.")
+    ci_high: float | None = Field(None, description="Upper end of the exposure's confidence interval, bits.")
+    rank: float | None = Field(
+        None, ge=1, description="1 + candidates scoring <= the secret; fractional when estimated."
+    )
+    score_bits: float = Field(description="Log-perplexity of the secret tokens given the prefix, bits.")
+    n_references: int = Field(0, ge=0, description="Format-random reference candidates scored.")
+    capped: bool = Field(False, description="The estimate exceeded log2|R| and was capped to it.")
+    extracted: bool = Field(description="Greedy decoding from the prefix reproduces the secret.")
+    reference_percentiles: dict[str, float] = Field(
+        default_factory=dict, description="Percentiles of the reference scores in bits, keyed 'p1', 'p50', ..."
+    )
+    reference_scores: list[float] | None = Field(
+        None, exclude=True, description="All reference scores (bits), kept in memory for plots only."
+    )
+
+
+class CanaryReport(_Strict):
+    """A known canary (``prefix + secret``) measured before and, after a scrub, after."""
+
+    id: str = Field(description="The canary's id from the canary file.")
+    format: str = Field(description="Built-in format name or pattern spec.")
+    repetitions: int | None = Field(None, ge=0, description="Times inserted in training, if known.")
+    max_exposure: float = Field(ge=0, description="log2|R|: the largest exposure possible for the format.")
+    secret: str = Field(description="Masked unless the report is 'revealed'.")
+    prefix: str = Field(description="The text the secret follows; scored as context, never as the secret.")
+    before: Measurement = Field(description="Measured on the input model.")
+    after: Measurement | None = Field(None, description="Present only after a scrub.")
+    substitute: str | None = Field(None, description="The benign replacement used by the scrub, masked.")
+
+    def current(self) -> Measurement:
+        """The measurement of the model this report is about: the scrubbed one if any."""
+        return self.after or self.before
+
+
+class FindingReport(_Strict):
+    """A candidate secret found by a discovery scan (no canary file)."""
+
+    id: str = Field(description="Stable id of the finding within this report.")
+    format: str = Field(description="Format name of the detected value.")
+    detector: str = Field(
+        description="Which detector matched, e.g. 'format:credit_card' or 'detect-secrets:AWSKeyDetector'."
+    )
+    prompt: str = Field(description="The bait prompt whose sample contained the value.")
+    value: str = Field(description="Masked unless the report is 'revealed'.")
+    max_exposure: float | None = Field(None, ge=0, description="log2|R| of the format, if it has one.")
+    exposure: Measurement = Field(description="Exposure of the value given its prompt.")
+    zlib_ratio: float | None = Field(
+        None, description="Log-perplexity / zlib entropy (Carlini et al. 2021); low is suspicious."
+    )
+    perplexity: float | None = Field(None, description="Perplexity of the generated sample.")
+    memorized: bool = Field(description="Exposure above the scan's memorization threshold.")
+
+
+class TokenizerFinding(BaseModel):
+    """Placeholder for the tokenizer leak scan (issue 6), which owns and extends it."""
+
+    model_config = ConfigDict(
+        extra="allow", allow_inf_nan=False, hide_input_in_errors=True,
+        json_schema_serialization_defaults_required=True,
+    )
+
+    id: str = Field(description="Canary/finding id, or a vocabulary finding id.")
+    format: str | None = None
+    value: str = Field("", description="The leaking piece(s), masked unless revealed.")
+    token_ids: list[int] = Field(default_factory=list)
+    flagged: bool = Field(False, description="Beyond the random-format baseline: counts for the gate.")
+    evidence: str = ""
+
+
+class TokenizerSection(BaseModel):
+    """Placeholder: the vocabulary leak scan fills this (issue 6)."""
+
+    model_config = ConfigDict(
+        extra="allow", allow_inf_nan=False, hide_input_in_errors=True,
+        json_schema_serialization_defaults_required=True,
+    )
+
+    findings: list[TokenizerFinding] = Field(default_factory=list)
+    advice: list[str] = Field(default_factory=list)
+
+
+class Utility(_Strict):
+    perplexity_before: float | None = Field(None, description="Held-out perplexity of the input model.")
+    perplexity_after: float | None = Field(
+        None, description="Held-out perplexity after the scrub; null unless scrubbed."
+    )
+    perplexity_change_pct: float | None = Field(None, description="100 * (after - before) / before.")
+    eval_tokens: int | None = Field(None, ge=0, description="Held-out tokens the perplexities average over.")
+
+
+class ScrubInfo(_Strict):
+    method: str = Field(description="e.g. 'first-order'.")
+    seconds: float = Field(ge=0, description="Wall time of the update itself.")
+    params_selected: str = Field(description="The parameter selection spec as given, e.g. 'transformer.h.*.mlp.*'.")
+    n_parameters_updated: int = Field(ge=0)
+    tau: float | None = Field(None, description="Unlearning rate of a first-order step.")
+    damping: float | None = Field(None, description="Damping lambda of a second-order step.")
+    substitute_strategy: str = Field(description="'random', 'model-guided' or 'placeholder'.")
+    gradient_residual: float | None = Field(None, description="||grad L(theta_new; D')||: how complete the update is.")
+    extra: dict[str, Any] = Field(default_factory=dict, description="Method-specific settings and diagnostics.")
+
+
+class Gate(_Strict):
+    fail_above: float = Field(description="--fail-above: an item fails when its exposure exceeds this.")
+    failed: bool = Field(description="True when any offender: the CLI then exits 1.")
+    offenders: list[str] = Field(default_factory=list, description="Ids of canaries/findings over the threshold.")
+
+
+class Report(_Strict):
+    schema_version: Literal["1.0"] = Field(SCHEMA_VERSION, description="Bumped on any incompatible change.")
+    tool: ToolInfo = Field(default_factory=ToolInfo)
+    created: datetime = Field(default_factory=lambda: datetime.now(timezone.utc), description="ISO 8601.")
+    command: Command = Field(description="The scrubber command that wrote the report.")
+    model: ModelInfo
+    revealed: bool = Field(False, description="True when secrets are shown raw (--reveal).")
+    canaries: list[CanaryReport] = Field(default_factory=list)
+    findings: list[FindingReport] = Field(
+        default_factory=list, description="Discovery-scan results; empty for known-canary scans."
+    )
+    tokenizer: TokenizerSection | None = None
+    utility: Utility = Field(default_factory=Utility)
+    scrub: ScrubInfo | None = None
+    gate: Gate | None = None
+
+    def exposures(self) -> Iterator[tuple[str, str, Measurement]]:
+        """(kind, id, measurement) of every measured item, as the gate sees it."""
+        for c in self.canaries:
+            yield "canary", c.id, c.current()
+        for f in self.findings:
+            yield "finding", f.id, f.exposure
