@@ -1,0 +1,117 @@
+"""Validated options for every command; YAML presets use the same keys as the CLI flags.
+
+One flat model per command keeps ``--config preset.yaml`` and the flags in
+one-to-one correspondence: a key in YAML is a flag without the dashes
+(``n_references`` = ``--n-references``). Flags given on the command line win.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from scrubber.errors import ScrubberError
+
+ExposureMethod = Literal["auto", "exact", "search", "extrapolated", "interpolated"]
+ScrubMethod = Literal["first-order", "second-order", "iau", "iterative"]
+SubstituteStrategy = Literal["random", "model", "placeholder"]
+ReportFormat = Literal["json", "md", "html", "sarif"]
+
+
+class _Options(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoadOptions(_Options):
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
+    device: str = "auto"
+    """``auto`` picks CUDA when present, else CPU."""
+
+
+class ExposureOptions(_Options):
+    exposure_method: ExposureMethod = "auto"
+    n_references: int = Field(1000, ge=10)
+    exact_limit: int = Field(100_000, ge=1)
+    confidence: float = Field(0.95, gt=0, lt=1)
+    batch_size: int = Field(256, ge=1)
+    seed: int = 0
+
+
+class ReportOptions(_Options):
+    report: Path | None = None
+    """Base path of the report files (``report`` -> ``report.json``, ``report.md``...)."""
+    formats: list[ReportFormat] = ["json", "md"]
+    reveal: bool = False
+    fail_above: float | None = None
+    """CI gate: exit 1 when any exposure after the run exceeds this many bits."""
+
+
+class ScanConfig(LoadOptions, ExposureOptions, ReportOptions):
+    canaries: Path | None = None
+    eval_data: Path | None = None
+    max_eval_tokens: int = Field(100_000, ge=128)
+
+
+class ScrubConfig(ScanConfig):
+    out: Path | None = None
+    force: bool = False
+    method: ScrubMethod = "iterative"
+    params: str = "all"
+    """What the update may change: presets (all, mlp, attn, lm_head, embeddings, lora),
+    block ranges (-2:), combinations (-2:/mlp), globs or re:<regex>; comma-separated."""
+    lora: bool = False
+    """Put the update in a fresh LoRA adapter instead of the selected weights."""
+    lora_rank: int = Field(8, ge=1)
+    merge_lora: bool = False
+    tau: float | None = Field(None, gt=0)
+    """Unlearning rate; None chooses it automatically (the smallest that meets the target)."""
+    damping: float | None = Field(None, gt=0)
+    target_exposure: float = Field(3.0, ge=0)
+    """Auto step size aims for every canary at or below this exposure (bits)."""
+    max_retain_increase: float = Field(0.02, ge=0)
+    """Auto step size bound on the relative rise of retain-sample loss."""
+    max_steps: int = Field(60, ge=1)
+    substitute: SubstituteStrategy = "random"
+    loss_span: Literal["secret", "sequence"] = "secret"
+    retain_data: Path | None = None
+    """Training-like text for the retain term and the curvature; defaults to eval data."""
+
+
+class DemoConfig(ScrubConfig):
+    rebuild: bool = False
+    cache_dir: Path | None = None
+    epochs: int = Field(8, ge=1)
+    grad_restriction_alpha: float = Field(0.0, ge=0)
+
+
+def load_config(cls: type[_Options], path: Path | None, overrides: dict[str, Any]) -> Any:
+    """YAML (if given) then the flags the user actually set, validated together."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        if not Path(path).is_file():
+            raise ScrubberError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except yaml.YAMLError as err:
+            where = getattr(err, "problem_mark", None)
+            at = f" at line {where.line + 1}" if where else ""
+            raise ScrubberError(f"{path}: invalid YAML{at}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ScrubberError(f"{path}: expected a mapping of option names to values")
+        data.update({str(k).replace("-", "_"): v for k, v in loaded.items()})
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return cls.model_validate(data)
+    except ValidationError as err:
+        e = err.errors()[0]
+        loc = ".".join(str(x) for x in e["loc"]) or "config"
+        src = f"{path}: " if path is not None else ""
+        if e["type"] == "extra_forbidden":
+            raise ScrubberError(f"{src}unknown option {loc!r}") from None
+        raise ScrubberError(f"{src}option {loc!r}: {e['msg']}") from None

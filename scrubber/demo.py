@@ -1,0 +1,171 @@
+"""The built-in demo: a small LM trained on the stdlib docs with injected canaries.
+
+Everything is built offline from ``pydoc_data.topics`` (shipped with every
+Python), deterministically under a seed, and cached by a key over the settings
+so a second run loads in seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from canaries import Canary, dump_canaries
+from canaries.inject import inject, make_canaries
+from scrubber.atomic import atomic_dir
+
+DEMO_FORMATS = ("credit_card", "password", "digits8")
+DEMO_PREFIXES = {
+    "credit_card": "My credit card number is ",
+    "password": "my password is ",
+    "digits8": "The door code is ",
+}
+DEMO_REPETITIONS = (1, 4, 16, 64)
+
+
+@dataclass(frozen=True)
+class DemoSpec:
+    """Everything that determines the demo model; its hash is the cache key."""
+
+    seed: int = 0
+    with_canaries: bool = True
+    formats: tuple[str, ...] = DEMO_FORMATS
+    repetitions: tuple[int, ...] = DEMO_REPETITIONS
+    vocab_size: int = 2048
+    n_layer: int = 4
+    d_model: int = 128
+    n_head: int = 4
+    epochs: int = 8
+    block_size: int = 128
+    batch_size: int = 16
+    lr: float = 3e-3
+    heldout_fraction: float = 0.05
+    grad_restriction_alpha: float = 0.0
+    version: int = 1
+
+    def key(self) -> str:
+        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+@dataclass
+class DemoArtifacts:
+    root: Path
+    model_dir: Path
+    canaries_path: Path
+    heldout_path: Path
+    retain_path: Path
+    canaries: list[Canary] = field(default_factory=list)
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("SCRUBBER_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "scrubber"
+
+
+def corpus_split(seed: int, heldout_fraction: float) -> tuple[list[str], list[str]]:
+    """Stdlib docs topics split by document into train and held-out."""
+    import pydoc_data.topics
+
+    docs = [t for _, t in sorted(pydoc_data.topics.topics.items()) if t.strip()]
+    random.Random(seed).shuffle(docs)
+    n_held = max(1, int(len(docs) * heldout_fraction))
+    return docs[n_held:], docs[:n_held]
+
+
+def _artifacts(root: Path) -> DemoArtifacts:
+    from canaries import load_canaries
+
+    a = DemoArtifacts(
+        root=root,
+        model_dir=root / "model",
+        canaries_path=root / "canaries.jsonl",
+        heldout_path=root / "heldout.txt",
+        retain_path=root / "retain.txt",
+    )
+    if a.canaries_path.exists() and a.canaries_path.stat().st_size:
+        a.canaries = load_canaries(a.canaries_path)
+    return a
+
+
+def build_demo(
+    spec: DemoSpec | None = None,
+    cache_dir: Path | None = None,
+    *,
+    rebuild: bool = False,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> DemoArtifacts:
+    """Train (or load from cache) the demo tokenizer and model.
+
+    ``progress(stage, done, total)`` reports training steps.
+    """
+    from scrubber.training.model_factory import small_causal_lm
+    from scrubber.training.tokenizer import train_bpe_tokenizer
+    from scrubber.training.train import TrainConfig, train_causal_lm
+
+    spec = spec or DemoSpec()
+    root = (cache_dir or default_cache_dir()) / f"demo-{spec.key()}"
+    if not rebuild and (root / "model" / "config.json").exists():
+        return _artifacts(root)
+
+    train_docs, heldout = corpus_split(spec.seed, spec.heldout_fraction)
+    canaries: list[Canary] = []
+    corpus = list(train_docs)
+    if spec.with_canaries:
+        canaries = make_canaries(
+            list(spec.formats), list(spec.repetitions), prefixes=DEMO_PREFIXES, seed=spec.seed
+        )
+        corpus, _manifest = inject(corpus, canaries, seed=spec.seed)
+    if progress:
+        progress("tokenizer", 0, 1)
+    tokenizer = train_bpe_tokenizer(corpus, vocab_size=spec.vocab_size)
+    model = small_causal_lm(
+        len(tokenizer),
+        arch="gpt2",
+        n_layer=spec.n_layer,
+        d_model=spec.d_model,
+        n_head=spec.n_head,
+        n_positions=max(256, spec.block_size),
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        seed=spec.seed,
+        attn_implementation="sdpa",
+    )
+    cfg = TrainConfig(
+        epochs=spec.epochs,
+        batch_size=spec.batch_size,
+        block_size=spec.block_size,
+        lr=spec.lr,
+        seed=spec.seed,
+        grad_restriction_alpha=spec.grad_restriction_alpha,
+    )
+    train_causal_lm(
+        model,
+        tokenizer,
+        corpus,
+        cfg,
+        progress=(lambda s, n, _l: progress("train", s, n)) if progress else None,
+    )
+    model.config._attn_implementation = "eager"
+    retain = random.Random(spec.seed + 1).sample(train_docs, min(64, len(train_docs)))
+    with atomic_dir(root) as tmp:
+        model.save_pretrained(tmp / "model", safe_serialization=True)
+        tokenizer.save_pretrained(tmp / "model")
+        dump_canaries(canaries, tmp / "canaries.jsonl")
+        if spec.with_canaries:
+            _manifest.save(tmp / "manifest.json")
+        (tmp / "heldout.txt").write_text("\n\n".join(heldout), encoding="utf-8")
+        (tmp / "retain.txt").write_text("\n\n".join(retain), encoding="utf-8")
+        (tmp / "spec.json").write_text(json.dumps(asdict(spec), indent=2), encoding="utf-8")
+    torch.set_num_threads(torch.get_num_threads())
+    return _artifacts(root)

@@ -1,0 +1,61 @@
+"""The table printed at the end of a run (stdout); secrets already masked in the report."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from scrubber.report import Measurement, Report
+
+
+def _fmt(m: Measurement | None) -> str:
+    if m is None:
+        return "-"
+    s = f"{m.exposure:.1f}"
+    if m.ci_low is not None and m.ci_high is not None and m.ci_high - m.ci_low > 0.05:
+        s += f" [{m.ci_low:.1f}, {m.ci_high:.1f}]"
+    if m.capped:
+        s = "≥" + s
+    return s
+
+
+def print_summary(report: Report, console: Console | None = None) -> None:
+    console = console or Console()
+    scrubbed = report.scrub is not None
+    table = Table(title=f"scrubber {report.command}: {report.model.path}")
+    table.add_column("canary")
+    table.add_column("format")
+    table.add_column("reps", justify="right")
+    table.add_column("secret")
+    table.add_column("exposure (bits)" if not scrubbed else "before", justify="right")
+    table.add_column("method")
+    table.add_column("extracted")
+    if scrubbed:
+        table.add_column("after", justify="right")
+        table.add_column("extracted after")
+    for c in report.canaries:
+        row = [
+            c.id, c.format, "-" if c.repetitions is None else str(c.repetitions), c.secret,
+            _fmt(c.before), c.before.exposure_method, "yes" if c.before.extracted else "no",
+        ]
+        if scrubbed:
+            row += [_fmt(c.after), "yes" if c.after and c.after.extracted else "no"]
+        table.add_row(*row)
+    console.print(table)
+    u = report.utility
+    if u.perplexity_before is not None:
+        line = f"held-out perplexity {u.perplexity_before:.2f}"
+        if u.perplexity_after is not None:
+            line += f" → {u.perplexity_after:.2f} ({u.perplexity_change_pct:+.2f}%)"
+        console.print(line)
+    if report.scrub is not None:
+        s = report.scrub
+        console.print(
+            f"scrub: {s.method} on {s.params_selected} ({s.n_parameters_updated:,} parameters) "
+            f"in {s.seconds:.2f} s; gradient residual {s.gradient_residual:.3g}"
+            if s.gradient_residual is not None
+            else f"scrub: {s.method} in {s.seconds:.2f} s"
+        )
+    if report.gate is not None:
+        verdict = "FAILED" if report.gate.failed else "passed"
+        console.print(f"gate (--fail-above {report.gate.fail_above}): {verdict}")

@@ -1,0 +1,138 @@
+"""What every update method receives and returns.
+
+Methods are plain functions ``(UpdateTask, UpdateSettings) -> UpdateResult`` in
+one module each; the task owns the data and the model, the method owns only
+its own loop (the kronfluence/peft split: a small task object, one module per
+method behind one interface).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from canaries import Canary
+from scrubber.exposure import metrics
+from scrubber.exposure.engine import references_for
+from scrubber.exposure.scoring import score_candidates
+from scrubber.influence.objective import (
+    EditPair,
+    LossSpan,
+    original_nll,
+    retain_loss,
+    substitute_nll,
+)
+from scrubber.influence.params import ParameterSelection
+
+
+@dataclass
+class ExposureProbe:
+    """Cheap exposure estimates during an update: a few fixed references per canary.
+
+    The final report re-measures with the full engine; this only steers step
+    sizes and stopping, so 64 references and a skew-normal fit are enough.
+    """
+
+    canaries: Sequence[Canary]
+    n_references: int = 64
+    seed: int = 1234
+    _refs: dict[str, list[str]] = field(default_factory=dict, init=False)
+
+    def __post_init__(self) -> None:
+        self._refs = {c.id: references_for(c, self.n_references, self.seed) for c in self.canaries}
+
+    def exposures(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for c in self.canaries:
+            scores = score_candidates(model, tokenizer, c.prefix, [c.secret, *self._refs[c.id]])
+            e = float(metrics.exposure_extrapolated(scores[0], scores[1:]))
+            out[c.id] = min(e, c.fmt.log2_size)
+        return out
+
+
+@dataclass
+class UpdateTask:
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    canaries: Sequence[Canary]
+    pairs: Sequence[EditPair]
+    selection: ParameterSelection
+    retain_blocks: torch.Tensor | None = None
+    """Packed token blocks of training-like text: the correction term and curvature."""
+    loss_span: LossSpan = "secret"
+    probe: ExposureProbe | None = None
+    progress: Callable[[int, int], None] | None = None
+
+    # -- the quantities methods combine ----------------------------------
+    def forget_loss(self) -> torch.Tensor:
+        """Σ ℓ(z̃) − Σ ℓ(z): descending it replaces each secret by its substitute."""
+        return (
+            substitute_nll(self.model, self.tokenizer, self.pairs, self.loss_span).sum()
+            - original_nll(self.model, self.tokenizer, self.pairs, self.loss_span).sum()
+        )
+
+    def corrected_loss(self) -> torch.Tensor:
+        """Σ ℓ(z̃): the loss on the corrected data D′ restricted to the edited texts."""
+        return substitute_nll(self.model, self.tokenizer, self.pairs, self.loss_span).sum()
+
+    def retain_loss(self, n_blocks: int | None = None) -> torch.Tensor:
+        if self.retain_blocks is None:
+            raise ValueError("this method needs retain data (--retain-data or --eval-data)")
+        blocks = self.retain_blocks if n_blocks is None else self.retain_blocks[:n_blocks]
+        return retain_loss(self.model, blocks)
+
+    def forget_gradient(self) -> torch.Tensor:
+        with self.selection.requires_grad_only():
+            return self.selection.gradient(self.forget_loss())
+
+    def retain_gradient(self, n_blocks: int | None = None) -> torch.Tensor:
+        with self.selection.requires_grad_only():
+            return self.selection.gradient(self.retain_loss(n_blocks))
+
+    @torch.no_grad()
+    def retain_value(self, n_blocks: int = 16) -> float:
+        if self.retain_blocks is None:
+            return float("nan")
+        return float(self.retain_loss(n_blocks))
+
+    def exposures(self) -> dict[str, float]:
+        if self.probe is None:
+            return {}
+        return self.probe.exposures(self.model, self.tokenizer)
+
+
+@dataclass
+class UpdateSettings:
+    tau: float | None = None
+    damping: float | None = None
+    target_exposure: float = 3.0
+    max_retain_increase: float = 0.02
+    max_steps: int = 60
+    solver: str = "cg"
+    curvature: str = "ggn"
+
+
+@dataclass
+class UpdateResult:
+    method: str
+    seconds: float
+    tau: float | None = None
+    damping: float | None = None
+    steps: int = 1
+    gradient_residual: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def relative_rise(before: float, after: float) -> float:
+    if not math.isfinite(before) or before == 0:
+        return 0.0
+    return (after - before) / abs(before)
+
+
+def worst(exposures: dict[str, float]) -> float:
+    return max(exposures.values()) if exposures else -np.inf
