@@ -142,6 +142,22 @@ def test_full_logits_fallback_matches(tiny_gpt2, tiny_tokenizer, monkeypatch):
     np.testing.assert_allclose(fast, ref, rtol=0, atol=TOL_BITS)
 
 
+def test_peft_lora_model_matches(tiny_gpt2, tiny_tokenizer):
+    peft = pytest.importorskip("peft")
+    import copy
+
+    config = peft.LoraConfig(r=4, target_modules=["c_attn", "c_fc"], init_lora_weights=False, fan_in_fan_out=True)
+    wrapped = peft.get_peft_model(copy.deepcopy(tiny_gpt2), config).eval()
+    assert model_parts(wrapped).split
+    cands = _cands(8)
+    fast = score_candidates(wrapped, tiny_tokenizer, "pin: ", cands)
+    ref = score_candidates_reference(wrapped, tiny_tokenizer, "pin: ", cands)
+    np.testing.assert_allclose(fast, ref, rtol=0, atol=TOL_BITS)
+    # the adapters are live (random B): scores differ from the base model's
+    base = score_candidates(tiny_gpt2, tiny_tokenizer, "pin: ", cands)
+    assert np.abs(fast - base).max() > 1e-3
+
+
 def test_batch_size_order_and_progress(tiny_gpt2, tiny_tokenizer):
     cands = _cands(30)
     calls: list[tuple[int, int]] = []

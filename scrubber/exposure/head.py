@@ -13,6 +13,7 @@ full forward instead.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -54,6 +55,10 @@ class ModelParts:
 
 def model_parts(model: nn.Module) -> ModelParts:
     """Split ``model`` (a transformers causal LM, possibly wrapped by peft) into body and head."""
+    peft_config = getattr(model, "active_peft_config", None)
+    if peft_config is not None and getattr(peft_config, "is_prompt_learning", False):
+        return ModelParts(model, None, None)  # virtual prompt tokens live in the wrapper's forward
+    # LoRA-style adapters are injected into the wrapped model's modules: unwrap to reach its body
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     config = getattr(inner, "config", None)
     model_type = getattr(config, "model_type", None)
@@ -70,23 +75,31 @@ def model_parts(model: nn.Module) -> ModelParts:
     return ModelParts(inner, None, None)
 
 
-def target_logprobs(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Natural-log ``p(target | hidden)`` for rows of ``hidden`` ``[n, d]`` and ``targets`` ``[n]``.
+def row_logprobs(
+    project: Callable[[torch.Tensor], torch.Tensor],
+    hidden: torch.Tensor,
+    rows: torch.Tensor,
+    targets: torch.Tensor,
+) -> torch.Tensor:
+    """Natural-log ``p(targets[i] | hidden[rows[i]])``: ``project`` maps ``[n, d]`` rows to logits.
 
-    The head runs in chunks and the log-normaliser in float32, so bf16 models
-    lose precision only in their matmuls.
+    Several targets may read the same row (sibling candidates share the state
+    before their last token), so each row goes through the head once.  Rows
+    are projected in chunks and normalised in float32: memory stays bounded
+    whatever the vocabulary, and bf16 models lose precision only in matmuls.
+    Pass ``project=lambda x: x`` when ``hidden`` already holds logits.
     """
-    vocab = getattr(head, "out_features", None) or 50_000
-    step = max(1, _HEAD_ELEMENTS // vocab)
-    out = []
-    for i in range(0, hidden.shape[0], step):
-        logits = head(hidden[i : i + step]).float()
-        picked = logits.gather(1, targets[i : i + step, None]).squeeze(1)
-        out.append(picked - torch.logsumexp(logits, dim=-1))
-    return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)
-
-
-def logits_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Same as :func:`target_logprobs` for logits the model already computed (``[n, |V|]``)."""
-    logits = logits.float()
-    return logits.gather(1, targets[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)
+    out = torch.empty(targets.shape[0], dtype=torch.float32, device=hidden.device)
+    if targets.shape[0] == 0:
+        return out
+    width = hidden.shape[-1]
+    vocab = getattr(project, "out_features", None) or width
+    step = max(1, _HEAD_ELEMENTS // max(vocab, width))
+    for a in range(0, hidden.shape[0], step):
+        sel = ((rows >= a) & (rows < a + step)).nonzero().squeeze(1)
+        if sel.numel() == 0:
+            continue
+        logits = project(hidden[a : a + step]).float()
+        local = rows[sel] - a
+        out[sel] = logits[local, targets[sel]] - torch.logsumexp(logits, dim=-1)[local]
+    return out

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from scrubber.exposure.head import ModelParts, logits_logprobs, model_parts, target_logprobs
+from scrubber.exposure.head import ModelParts, model_parts, row_logprobs
 from scrubber.exposure.tokens import SecretTokens, secret_tokens
 
 Progress = Callable[[int, int], None]
@@ -96,23 +96,41 @@ class _ContextRunner:
         # log p(first secret token | context), shared by every candidate of this context
         self.first = torch.log_softmax(last[0], dim=-1)
 
-    def score(self, scored: torch.Tensor) -> torch.Tensor:
-        """Natural-log probability of each row of ``scored`` ``[B, n]`` given the context."""
-        total = self.first[scored[:, 0]]
-        if scored.shape[1] == 1:
-            return total
-        inputs, targets = scored[:, :-1], scored[:, 1:]
+    def score(
+        self, parents: torch.Tensor, child_parent: torch.Tensor, child_last: torch.Tensor
+    ) -> torch.Tensor:
+        """Natural-log probability of each child sequence ``parents[child_parent] + child_last``.
+
+        ``parents`` ``[P, m]`` are the distinct all-but-last token paths: each
+        goes through the model once, its hidden states give the log-probs of
+        its own tokens 2..m, and its last state scores every child's last token.
+        """
+        n_par, m = parents.shape
         cache = copy.deepcopy(self.cache)
-        if scored.shape[0] > 1:
-            cache.batch_repeat_interleave(scored.shape[0])
+        if n_par > 1:
+            cache.batch_repeat_interleave(n_par)
         if self.parts.split:
-            hidden = self.parts.body(input_ids=inputs, past_key_values=cache, use_cache=True)
-            h = hidden.last_hidden_state
-            lp = target_logprobs(self.parts.head, h.reshape(-1, h.shape[-1]), targets.reshape(-1))
+            out = self.parts.body(input_ids=parents, past_key_values=cache, use_cache=True)
+            states, project = out.last_hidden_state, self.parts.head
         else:
-            logits = self.parts.model(input_ids=inputs, past_key_values=cache, use_cache=True).logits
-            lp = logits_logprobs(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
-        return total + lp.view(targets.shape).sum(dim=1)
+            out = self.parts.model(input_ids=parents, past_key_values=cache, use_cache=True)
+            states, project = out.logits, _identity
+        flat = states.reshape(n_par * m, states.shape[-1])
+        base = torch.arange(n_par, device=parents.device)[:, None] * m
+        path_rows = (base + torch.arange(m - 1, device=parents.device)[None]).reshape(-1)
+        last_rows = child_parent * m + (m - 1)
+        lp = row_logprobs(
+            project,
+            flat,
+            torch.cat([path_rows, last_rows]),
+            torch.cat([parents[:, 1:].reshape(-1), child_last]),
+        )
+        path = self.first[parents[:, 0]] + lp[: path_rows.numel()].view(n_par, m - 1).sum(dim=1)
+        return path[child_parent] + lp[path_rows.numel() :]
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
 
 
 def score_token_spans(
@@ -125,8 +143,11 @@ def score_token_spans(
 ) -> np.ndarray:
     """Bits for already-located token spans (the tokenizer-free core of :func:`score_candidates`).
 
-    Spans are grouped by context (each context runs once) and by scored length
-    (a batch needs no padding).  Useful to callers that build spans themselves,
+    Spans are grouped by context (each context runs once), then by scored
+    length (a batch needs no padding), then by all-but-last token path
+    (siblings that differ only in their last token share one row, which makes
+    enumerating a space about |alphabet| times cheaper).  ``batch_size``
+    counts rows per forward.  Useful to callers that build spans themselves,
     such as a search extending partial secrets token by token.
     """
     if batch_size < 1:
@@ -143,20 +164,38 @@ def score_token_spans(
             raise ValueError("a token span needs a non-empty context and at least one scored token")
         groups[span.context][len(span.scored)].append(i)
     done = 0
+
+    def finish(idx: list[int], nat: torch.Tensor) -> None:
+        nonlocal done
+        result[idx] = -nat.double().cpu().numpy() / _LN2
+        done += len(idx)
+        if progress is not None:
+            progress(done, n_total)
+
+    def longs(values: list) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.long, device=device)
+
     with _scoring_mode(parts.model, resolve_dtype(dtype, device), device):
         for context, by_len in groups.items():
             runner = _ContextRunner(parts, context, device)
-            for _, idx in sorted(by_len.items()):
-                for b in range(0, len(idx), batch_size):
-                    chunk = idx[b : b + batch_size]
-                    scored = torch.tensor(
-                        [spans[i].scored for i in chunk], dtype=torch.long, device=device
+            for n, idx in sorted(by_len.items()):
+                if n == 1:  # the context's last position scores them all
+                    for b in range(0, len(idx), batch_size):
+                        chunk = idx[b : b + batch_size]
+                        finish(chunk, runner.first[longs([spans[i].scored[0] for i in chunk])])
+                    continue
+                by_parent: dict[tuple[int, ...], list[int]] = defaultdict(list)
+                for i in idx:
+                    by_parent[spans[i].scored[:-1]].append(i)
+                keys = list(by_parent)
+                for b in range(0, len(keys), batch_size):
+                    batch = keys[b : b + batch_size]
+                    children = [i for k in batch for i in by_parent[k]]
+                    child_parent = [j for j, k in enumerate(batch) for _ in by_parent[k]]
+                    nat = runner.score(
+                        longs(batch), longs(child_parent), longs([spans[i].scored[-1] for i in children])
                     )
-                    nat = runner.score(scored).double().cpu().numpy()
-                    result[chunk] = -nat / _LN2
-                    done += len(chunk)
-                    if progress is not None:
-                        progress(done, n_total)
+                    finish(children, nat)
     return result
 
 
