@@ -115,11 +115,17 @@ def _tokenizer(r: Report) -> str:
     if tok is None:
         return ""
     parts = ["<h2>Tokenizer</h2>"]
+    summary = F.tokenizer_line(tok)
+    if summary:
+        parts.append(f'<p class="muted">{escape(summary)}</p>')
     if tok.findings:
-        rows = [_row([escape(f.id), escape(f.format or "–"), f"<code>{escape(f.value)}</code>",
-                      escape(", ".join(map(str, f.token_ids)) or "–"), escape(F.yes_no(f.flagged)),
-                      escape(f.evidence)], "error" if f.flagged else "note") for f in tok.findings]
-        parts.append(_table(["id", "format", "pieces", "token ids", "flagged", "evidence"], rows))
+        rows = [_row([escape(f.id), escape(F.tokenizer_kind(f)), f"<code>{escape(f.value or '–')}</code>",
+                      escape(F.token_ids(f.token_ids)), escape(F.tokenizer_stat(f)), escape(F.yes_no(f.flagged)),
+                      escape(f.evidence)],
+                     "error" if r.gate is not None and f.id in r.gate.offenders else ("warning" if f.flagged else "note"))
+                for f in F.tokenizer_order(tok.findings)]
+        parts.append(_table(["id", "format / detector", "pieces", "token ids", "covered · p / points", "flagged",
+                             "evidence"], rows))
     else:
         parts.append('<p class="muted">No vocabulary entries hold secret pieces.</p>')
     if tok.advice:

@@ -75,15 +75,20 @@ def _tokenizer_lines(r: Report, max_rows: int) -> list[str]:
     if tok is None:
         return []
     lines = ["", "### Tokenizer", ""]
+    summary = F.tokenizer_line(tok)
+    if summary:
+        lines += [md_escape(summary), ""]
     if not tok.findings:
         lines.append("No vocabulary entries hold secret pieces.")
     else:
         rows = [
-            [md_escape(f.id), md_escape(f.format or "–"), md_escape(f.value),
-             md_escape(", ".join(map(str, f.token_ids)) or "–"), F.yes_no(f.flagged), md_escape(f.evidence)]
-            for f in tok.findings
+            [("🔴 " if f.flagged else "🟢 ") + md_escape(f.id), md_escape(F.tokenizer_kind(f)),
+             md_escape(f.value or "–"), md_escape(F.token_ids(f.token_ids)), md_escape(F.tokenizer_stat(f)),
+             F.yes_no(f.flagged), md_escape(f.evidence)]
+            for f in F.tokenizer_order(tok.findings)
         ]
-        lines += _table(["id", "format", "pieces", "token ids", "flagged", "evidence"], rows, max_rows)
+        lines += _table(["id", "format / detector", "pieces", "token ids", "covered · p / points", "flagged",
+                         "evidence"], rows, max_rows)
     if tok.advice:
         lines += [""] + [f"- {md_escape(a)}" for a in tok.advice]
     return lines

@@ -10,7 +10,8 @@ Mapping, chosen so the alert list mirrors the report and the gate:
 * **level** from :func:`scrubber.report.gate.level`: ``error`` for gate offenders
   (or >= 20 bits when no gate is set), ``warning`` from 10 bits, ``note`` below;
 * the location is logical (the model has no lines): ``name`` is the item id,
-  ``fullyQualifiedName`` is ``<model path>/<id>``; a physical location naming the
+  ``fullyQualifiedName`` is ``<model path>/<id>``; a tokenizer result adds one
+  logical location ``tokenizer/<token id>`` per vocabulary entry it names; a physical location naming the
   model directory is added because some viewers drop results without one.
 
 Messages carry the value exactly as the report holds it (masked unless revealed).
@@ -133,10 +134,26 @@ def _finding_result(r: Report, f: FindingReport, rules: dict[str, int]) -> dict[
 
 def _tokenizer_result(r: Report, t: TokenizerFinding, rules: dict[str, int]) -> dict[str, Any]:
     lvl = "error" if r.gate is not None and t.id in r.gate.offenders else ("warning" if t.flagged else "note")
-    text = (f"Tokenizer holds pieces {t.value} of {t.id!r}"
-            + (f" ({t.format})" if t.format else "") + (f": {t.evidence}" if t.evidence else "") + ".")
-    props = {"kind": "tokenizer", "format": t.format, "tokenIds": t.token_ids, "flagged": t.flagged}
-    return _result(r, TOKENIZER_RULE, rules, lvl, text, t.id, "tokenizer", props)
+    if t.kind == "vocabulary":
+        text = (f"Tokenizer entry {t.value} looks like a secret ({t.detector or 'secret-shaped'})"
+                + (f": {t.evidence}" if t.evidence else "") + ".")
+    else:
+        text = (f"Tokenizer holds pieces {t.value or '(none)'} of {t.canary_id or t.id!r}"
+                + (f" ({t.format})" if t.format else "") + (f": {t.evidence}" if t.evidence else "") + ".")
+    if t.flagged:
+        text += " Retrain the tokenizer on the cleaned corpus, or drop these entries (token ids kept)."
+    props = {"kind": "tokenizer", "findingKind": t.kind, "canaryId": t.canary_id, "format": t.format,
+             "detector": t.detector, "tokenIds": t.token_ids, "flagged": t.flagged, "pValue": t.p_value,
+             "score": t.score, "coveredChars": t.covered_chars, "secretChars": t.secret_chars,
+             "nTokens": t.n_tokens, "longestPiece": t.longest_piece}
+    res = _result(r, TOKENIZER_RULE, rules, lvl, text, t.id, "tokenizer", props)
+    # One logical location per vocabulary entry, 'tokenizer/<token id>', after the finding's own.
+    base = r.model.path.rstrip("/")
+    res["locations"][0]["logicalLocations"] += [
+        {"name": f"tokenizer/{tid}", "fullyQualifiedName": f"{base}/tokenizer/{tid}", "kind": "member"}
+        for tid in t.token_ids
+    ]
+    return res
 
 
 def _result(r: Report, rid: str, rules: dict[str, int], lvl: str, text: str, item_id: str, kind: str,

@@ -107,31 +107,77 @@ class FindingReport(_Strict):
     memorized: bool = Field(description="Exposure above the scan's memorization threshold.")
 
 
-class TokenizerFinding(BaseModel):
-    """Placeholder for the tokenizer leak scan (issue 6), which owns and extends it."""
+class TokenizerPiece(_Strict):
+    """One vocabulary entry that holds part of a secret (or is a suspicious entry itself)."""
 
-    model_config = ConfigDict(
-        extra="allow", allow_inf_nan=False, hide_input_in_errors=True,
-        json_schema_serialization_defaults_required=True,
+    token_id: int = Field(ge=0, description="Id of the entry; the model's embedding row.")
+    piece: str = Field(description="The entry's text, masked unless the report is 'revealed' (a leading space is kept).")
+    start: int | None = Field(None, ge=0, description="First secret character the entry covers (known secrets only).")
+    end: int | None = Field(None, ge=0, description="One past the last secret character it covers (known secrets only).")
+    chars: int = Field(ge=0, description="Secret characters it covers (known secrets), or its text length.")
+    merge_rank: int | None = Field(
+        None, ge=0, description="Index of the merge that creates it (late = learned from rarer strings); null for base tokens."
     )
+    uses: int = Field(0, ge=0, description="Later merges that take it as an input.")
+    baseline_rate: float | None = Field(
+        None, ge=0, le=1, description="Fraction of random same-format values whose encoding uses this entry."
+    )
+    leaking: bool = Field(False, description="Counts as leaking: rare in the baseline (or part of a flagged entry's chain).")
 
-    id: str = Field(description="Canary/finding id, or a vocabulary finding id.")
-    format: str | None = None
-    value: str = Field("", description="The leaking piece(s), masked unless revealed.")
-    token_ids: list[int] = Field(default_factory=list)
+
+class TokenizerBaseline(_Strict):
+    """The same statistics on random members of the secret's format, encoded after the same prefix."""
+
+    n_samples: int = Field(ge=0, description="Random same-format values encoded.")
+    n_tokens_p1: float = Field(description="1st percentile of the tokens covering a random value.")
+    n_tokens_median: float = Field(description="Median tokens covering a random value.")
+    longest_median: float = Field(description="Median of the longest piece (secret characters in one token).")
+    longest_p99: float = Field(description="99th percentile of the longest piece.")
+    p_n_tokens: float = Field(ge=0, le=1, description="(1 + #random values needing <= the secret's tokens) / (n + 1).")
+    p_longest: float = Field(ge=0, le=1, description="(1 + #random values with a piece >= the secret's longest) / (n + 1).")
+
+
+class TokenizerFinding(_Strict):
+    """A secret whose pieces the vocabulary holds, or a suspicious vocabulary entry (discovery)."""
+
+    id: str = Field(description="'tokenizer:<canary id>' for a known secret, 'tokenizer:token-<id>' for discovery.")
+    kind: Literal["secret", "vocabulary"] = Field("secret", description="Known-secret check or vocabulary discovery.")
+    canary_id: str | None = Field(None, description="The canary/finding the pieces belong to (known secrets).")
+    format: str | None = Field(None, description="Format of the secret, or the detector's format for discovery.")
+    detector: str | None = Field(
+        None, description="Discovery: 'digits', 'card_group', 'password_shape' or 'key_prefix'; null for known secrets."
+    )
+    value: str = Field("", description="The leaking piece(s) joined by ' | ', masked unless revealed.")
+    token_ids: list[int] = Field(default_factory=list, description="Ids of the leaking entries (what removal drops).")
+    pieces: list[TokenizerPiece] = Field(default_factory=list, description="Multi-character entries, with evidence.")
+    secret_chars: int | None = Field(None, ge=0, description="Length of the secret.")
+    covered_chars: int | None = Field(None, ge=0, description="Secret characters covered by leaking entries.")
+    n_tokens: int | None = Field(None, ge=0, description="Tokens the secret takes after its prefix.")
+    longest_piece: int | None = Field(None, ge=0, description="Most secret characters held by one token.")
+    baseline: TokenizerBaseline | None = Field(None, description="Known secrets: the random same-format comparison.")
+    p_value: float | None = Field(
+        None, ge=0, le=1, description="Known secrets: 2 * min(p_n_tokens, p_longest), capped at 1 (Bonferroni)."
+    )
+    score: float | None = Field(None, description="Discovery: evidence points (higher ranks first).")
     flagged: bool = Field(False, description="Beyond the random-format baseline: counts for the gate.")
-    evidence: str = ""
+    evidence: str = Field("", description="Why, in words; never the raw value.")
 
 
-class TokenizerSection(BaseModel):
-    """Placeholder: the vocabulary leak scan fills this (issue 6)."""
+class TokenizerSection(_Strict):
+    """The vocabulary leak scan: known secrets against a random baseline, and discovery."""
 
-    model_config = ConfigDict(
-        extra="allow", allow_inf_nan=False, hide_input_in_errors=True,
-        json_schema_serialization_defaults_required=True,
+    tokenizer_kind: str | None = Field(
+        None, description="'byte_level', 'sentencepiece' or 'plain': how token strings map to text."
     )
-
+    vocab_size: int | None = Field(None, ge=0)
+    n_merges: int | None = Field(None, ge=0)
     findings: list[TokenizerFinding] = Field(default_factory=list)
+    n_flagged: int = Field(0, ge=0, description="Findings flagged (each counts for the gate).")
+    flagged_token_ids: list[int] = Field(
+        default_factory=list, description="Union of the flagged findings' token ids: the default removal set."
+    )
+    removable: bool = Field(False, description="A fast BPE tokenizer: the opt-in token removal can edit it.")
+    settings: dict[str, Any] = Field(default_factory=dict, description="The thresholds the scan ran with.")
     advice: list[str] = Field(default_factory=list)
 
 
