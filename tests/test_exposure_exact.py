@@ -101,7 +101,8 @@ def test_engine_methods_and_result_shape(tiny_gpt2, tiny_tokenizer):
     assert auto.n_references is None and auto.rank is not None and not auto.capped
     assert auto.max_exposure == pytest.approx(math.log2(10_000))
     assert len(auto.reference_scores) == 9_999
-    forced = measure_exposure(tiny_gpt2, tiny_tokenizer, c, exact_limit=1000, n_references=200)
+    # max_rank=0: no search upgrade (|R| = 10^4 <= the default max_rank would always search)
+    forced = measure_exposure(tiny_gpt2, tiny_tokenizer, c, exact_limit=1000, n_references=200, max_rank=0)
     assert forced.method == "extrapolated"
     assert forced.ci_low <= forced.exposure <= forced.ci_high
     assert forced.score_bits == pytest.approx(auto.score_bits, abs=1e-4)
@@ -130,7 +131,7 @@ def test_engine_given_references_and_bad_input(tiny_gpt2, tiny_tokenizer):
             measure_exposure(tiny_gpt2, tiny_tokenizer, c, method="interpolated", references=bad)
         assert "7291" not in str(err.value)
     with pytest.raises(ValueError, match="method"):
-        measure_exposure(tiny_gpt2, tiny_tokenizer, c, method="search")
+        measure_exposure(tiny_gpt2, tiny_tokenizer, c, method="bogus")
     mismatched = _canary(secret="72a1")  # the record validates the format name only
     with pytest.raises(ValueError) as err:
         measure_exposure(tiny_gpt2, tiny_tokenizer, mismatched)

@@ -3,7 +3,9 @@
 Layers, bottom up: :mod:`.tokens` (which tokens are the secret's), :mod:`.head`
 (body/LM-head split), :mod:`.scoring` (log-perplexities of candidates, fast and
 reference), :mod:`.metrics` (interpolated / extrapolated exposure and their
-intervals), :mod:`.exact` (enumerate small spaces), :mod:`.engine` (one call per
+intervals), :mod:`.exact` (enumerate small spaces), :mod:`.search` (exact rank of
+well-exposed secrets in large spaces), :mod:`.distributed` (shard scoring with
+accelerate), :mod:`.engine` (one call per
 canary, method chosen automatically).
 """
 
@@ -31,12 +33,21 @@ from scrubber.exposure.scoring import (
     score_candidates_reference,
     score_token_spans,
 )
+from scrubber.exposure.search import (
+    SearchBudgetExceeded,
+    SearchResult,
+    SearchUnsupported,
+    search_rank,
+)
 from scrubber.exposure.tokens import SecretTokens, secret_tokens
 
 __all__ = [
     "METHODS",
     "ExactExposure",
     "ExposureResult",
+    "SearchBudgetExceeded",
+    "SearchResult",
+    "SearchUnsupported",
     "SecretTokens",
     "cap_exposure",
     "exact_exposure",
@@ -55,5 +66,6 @@ __all__ = [
     "score_candidates",
     "score_candidates_reference",
     "score_token_spans",
+    "search_rank",
     "secret_tokens",
 ]

@@ -8,7 +8,14 @@ Methods (all in bits, all capped at ``log2|R|``, the format's largest exposure):
   interval on the fraction of R that beats the canary.
 * ``extrapolated``: skew-normal tail fitted to the references; bootstrap
   interval over the references.
-* ``auto``: exact when R is small enough, else extrapolated.
+* ``search``: exact rank by best-first search (:mod:`.search`), for secrets
+  whose rank is small however large R is; the interval is the point itself.
+  Raises :class:`~scrubber.exposure.search.SearchBudgetExceeded` when the rank
+  exceeds ``max_rank`` or the search ``max_expansions``.
+* ``auto``: exact when ``|R| <= exact_limit``; else the extrapolated estimate,
+  and when that puts the rank at or below ``max_rank`` a search (within its
+  budget) replaces it with the exact rank; otherwise extrapolated.
+  ``max_rank=0`` turns that upgrade off.
 
 References are drawn deterministically from ``seed`` and never include the
 secret, so measuring before and after a scrub compares like with like.
@@ -18,7 +25,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Iterable, Literal, Sequence
+from typing import Callable, Iterable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -29,9 +36,17 @@ from canaries.canary import Canary
 from scrubber.exposure import metrics
 from scrubber.exposure.exact import DEFAULT_EXACT_LIMIT, exact_exposure
 from scrubber.exposure.scoring import DType, Progress, score_candidates
+from scrubber.exposure.search import (
+    DEFAULT_MAX_EXPANSIONS,
+    DEFAULT_MAX_RANK,
+    SearchBudgetExceeded,
+    SearchResult,
+    SearchUnsupported,
+    search_rank,
+)
 
-Method = Literal["auto", "exact", "interpolated", "extrapolated"]
-METHODS: tuple[str, ...] = ("auto", "exact", "interpolated", "extrapolated")
+Method = Literal["auto", "exact", "search", "interpolated", "extrapolated"]
+METHODS: tuple[str, ...] = ("auto", "exact", "search", "interpolated", "extrapolated")
 
 PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
 
@@ -42,7 +57,7 @@ class ExposureResult(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     exposure: float = Field(description="bits; capped at max_exposure")
-    method: str = Field(description="exact | interpolated | extrapolated (the method actually used)")
+    method: str = Field(description="exact | search | interpolated | extrapolated (the method actually used)")
     ci_low: float | None = Field(description="lower end of the confidence interval (bits)")
     ci_high: float | None = Field(description="upper end of the confidence interval (bits)")
     confidence: float | None = Field(description="level of [ci_low, ci_high]; None for exact")
@@ -77,7 +92,11 @@ def references_for(canary: Canary, n: int, seed: int = 0) -> list[str]:
 
 
 def resolve_method(method: str, size: int, exact_limit: int) -> str:
-    """The concrete method ``auto`` stands for, after checking the name."""
+    """The concrete method ``auto`` stands for, after checking the name.
+
+    ``auto`` resolves to ``exact`` or ``extrapolated`` here; :func:`measure_exposure`
+    may still upgrade an extrapolated estimate to an exact ``search`` rank.
+    """
     if method not in METHODS:
         raise ValueError(f"unknown exposure method {method!r}: use one of {', '.join(METHODS)}")
     if method == "auto":
@@ -118,8 +137,16 @@ def measure_exposure(
     n_boot: int = 200,
     keep_reference_scores: bool = True,
     progress: Progress | None = None,
+    max_rank: int = DEFAULT_MAX_RANK,
+    max_expansions: int = DEFAULT_MAX_EXPANSIONS,
+    scorer: Callable[..., np.ndarray] = score_candidates,
 ) -> ExposureResult:
-    """Exposure of ``canary`` in ``model``, by ``method`` (see the module docstring)."""
+    """Exposure of ``canary`` in ``model``, by ``method`` (see the module docstring).
+
+    ``scorer`` (signature of :func:`score_candidates`) scores the references
+    and, for ``exact``, R; pass a sharded one to spread that over processes.
+    The search is sequential and runs where it is called.
+    """
     fmt = canary.fmt
     if not fmt.matches(canary.secret):
         raise ValueError(f"canary {canary.id!r}: secret does not match format {canary.format!r}")
@@ -129,7 +156,7 @@ def measure_exposure(
     if chosen == "exact":
         ex = exact_exposure(
             model, tokenizer, canary.prefix, canary.secret, fmt,
-            limit=exact_limit, batch_size=batch_size, dtype=dtype, progress=progress,
+            limit=exact_limit, batch_size=batch_size, dtype=dtype, progress=progress, scorer=scorer,
         )  # fmt: skip
         return ExposureResult(
             exposure=ex.exposure, method="exact", ci_low=ex.exposure, ci_high=ex.exposure,
@@ -143,11 +170,36 @@ def measure_exposure(
         if references is not None
         else references_for(canary, n_references, seed)
     )
-    scores = score_candidates(
+    scores = scorer(
         model, tokenizer, canary.prefix, [canary.secret, *refs],
         batch_size=batch_size, dtype=dtype, progress=progress,
     )  # fmt: skip
     own, ref_scores = float(scores[0]), scores[1:]
+
+    def from_search(found: SearchResult) -> ExposureResult:
+        return ExposureResult(
+            exposure=found.exposure, method="search", ci_low=found.exposure, ci_high=found.exposure,
+            confidence=None, rank=found.rank, score_bits=found.score_bits, max_exposure=max_exposure,
+            n_references=len(ref_scores), capped=False, reference_percentiles=_percentiles(ref_scores),
+            reference_scores=ref_scores.tolist() if keep_reference_scores else None,
+        )  # fmt: skip
+
+    def search() -> SearchResult:
+        return search_rank(
+            model, tokenizer, canary.prefix, canary.secret, fmt, max_rank=max_rank,
+            max_expansions=max_expansions, batch_size=batch_size, dtype=dtype,
+        )  # fmt: skip
+
+    if chosen == "search":
+        found = search()
+        if not found.exact:
+            raise SearchBudgetExceeded(
+                f"canary {canary.id!r}: search stopped at {found.stopped} after {found.expanded} "
+                f"expansions with rank > {found.rank - 1}; raise max_rank/max_expansions or use "
+                "method='extrapolated'"
+            )
+        return from_search(found)
+
     rank: int | None = None
     if chosen == "interpolated":
         rank = int(metrics.interpolated_rank(own, ref_scores))
@@ -158,6 +210,15 @@ def measure_exposure(
         lo, hi = metrics.extrapolated_interval(
             own, ref_scores, confidence, n_boot=n_boot, seed=seed, max_exposure=max_exposure
         )
+    if method == "auto" and chosen == "extrapolated" and max_rank >= 1:
+        # the tail estimate says how many members beat the canary: few -> count them exactly
+        if max_exposure - raw <= math.log2(max_rank):
+            try:
+                found = search()
+            except SearchUnsupported:
+                found = None
+            if found is not None and found.exact:
+                return from_search(found)
     value, over = metrics.cap_exposure(raw, max_exposure)
     return ExposureResult(
         exposure=float(value), method=chosen, ci_low=lo, ci_high=hi, confidence=confidence,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -58,11 +58,14 @@ def exact_exposure(
     batch_size: int = 256,
     dtype: DType = None,
     progress: Progress | None = None,
+    scorer: Callable[..., np.ndarray] = score_candidates,
 ) -> ExactExposure:
     """Score all of R (``fmt.size <= limit``) and rank ``secret`` among it.
 
     The secret's own score is taken from the same enumeration pass, so it is
     compared with the others under identical batching and arithmetic.
+    ``scorer`` (signature of :func:`score_candidates`) lets a caller shard the
+    work, e.g. :func:`scrubber.exposure.distributed.sharded_scorer`.
     """
     if not fmt.matches(secret):
         raise ValueError(f"the secret does not match format {fmt.name!r}")
@@ -80,7 +83,7 @@ def exact_exposure(
             if progress is not None:
                 progress(offset + n, total)
 
-        scores[offset : offset + len(chunk)] = score_candidates(
+        scores[offset : offset + len(chunk)] = scorer(
             model, tokenizer, prefix, chunk, batch_size=batch_size, dtype=dtype, progress=report
         )
         done += len(chunk)

@@ -96,6 +96,27 @@ class _ContextRunner:
         # log p(first secret token | context), shared by every candidate of this context
         self.first = torch.log_softmax(last[0], dim=-1)
 
+    def next_logprobs(self, paths: torch.Tensor) -> torch.Tensor:
+        """Natural-log next-token distributions ``[P, |V|]`` after ``context + paths[i]``.
+
+        ``paths`` ``[P, m]`` (``m`` may be 0) continue the cached context; only
+        each path's last position goes through the head.  Used by the search,
+        which extends partial secrets by every viable next token at once.
+        """
+        n_par, m = paths.shape
+        if m == 0:
+            return self.first.unsqueeze(0).expand(n_par, -1)
+        cache = copy.deepcopy(self.cache)
+        if n_par > 1:
+            cache.batch_repeat_interleave(n_par)
+        if self.parts.split:
+            out = self.parts.body(input_ids=paths, past_key_values=cache, use_cache=True)
+            logits = self.parts.head(out.last_hidden_state[:, -1]).float()
+        else:
+            out = self.parts.model(input_ids=paths, past_key_values=cache, use_cache=True)
+            logits = out.logits[:, -1].float()
+        return torch.log_softmax(logits, dim=-1)
+
     def score(
         self, parents: torch.Tensor, child_parent: torch.Tensor, child_last: torch.Tensor
     ) -> torch.Tensor:
