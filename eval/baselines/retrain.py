@@ -1,0 +1,138 @@
+"""Retrain from scratch without the canaries: the gold standard every scrub is compared with.
+
+The recipe is ``scrubber.demo.build_demo``'s, step for step (same split of
+``pydoc_data.topics``, architecture, seed, optimizer, schedule, epochs), with
+two differences: the canaries are not injected, and the tokenizer is not
+trained again but taken from the canary model. Exposure is a property of
+(model, tokenizer), so a retrained model with its own vocabulary would score
+different token sequences for the same secret; sharing the tokenizer makes its
+exposures comparable with the scrubbed model's, canary by canary.
+
+Retraining is the slow thing the benchmark measures against, so the result is
+cached beside the demo (``<cache>/retrain-<demo key>``, written atomically)
+with the seconds it took, the torch thread count and the load average; a later
+run loads it and reports the recorded training time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from scrubber.atomic import atomic_dir
+from scrubber.demo import DemoSpec, corpus_split, default_cache_dir
+from scrubber.training.model_factory import small_causal_lm
+from scrubber.training.train import TrainConfig, TrainStats, train_causal_lm
+
+RETRAIN_VERSION = 1
+
+
+@dataclass
+class RetrainOutcome:
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    path: Path
+    seconds: float
+    """Training time (s) of the run that produced the model, cached or not."""
+    cached: bool
+    meta: dict = field(default_factory=dict)
+
+
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """Hash of the vocabulary and merges: a cached retrain is reused only with the same tokenizer."""
+    blob = tokenizer.backend_tokenizer.to_str() if hasattr(tokenizer, "backend_tokenizer") else json.dumps(
+        sorted(tokenizer.get_vocab().items())
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def retrain_model(
+    spec: DemoSpec,
+    tokenizer: PreTrainedTokenizerBase,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> tuple[PreTrainedModel, TrainStats]:
+    """A fresh model of ``spec``'s architecture trained with ``spec``'s settings on the clean corpus."""
+    train_docs, _heldout = corpus_split(spec.seed, spec.heldout_fraction)
+    model = small_causal_lm(
+        len(tokenizer),
+        arch="gpt2",
+        n_layer=spec.n_layer,
+        d_model=spec.d_model,
+        n_head=spec.n_head,
+        n_positions=max(256, spec.block_size),
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        seed=spec.seed,
+        attn_implementation="sdpa",
+    )
+    cfg = TrainConfig(
+        epochs=spec.epochs,
+        batch_size=spec.batch_size,
+        block_size=spec.block_size,
+        lr=spec.lr,
+        seed=spec.seed,
+        grad_restriction_alpha=spec.grad_restriction_alpha,
+    )
+    stats = train_causal_lm(model, tokenizer, train_docs, cfg, progress=progress)
+    model.config._attn_implementation = "eager"  # as the demo saves it: updates need second derivatives
+    return model.eval(), stats
+
+
+def retrain_dir(spec: DemoSpec, cache_dir: Path | None = None) -> Path:
+    """Where the retrained twin of the demo ``spec`` is cached (keyed by the canary model's spec)."""
+    return (cache_dir or default_cache_dir()) / f"retrain-{spec.key()}"
+
+
+def _load(root: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict]:
+    meta = json.loads((root / "meta.json").read_text(encoding="utf-8"))
+    model = AutoModelForCausalLM.from_pretrained(root / "model", attn_implementation="eager").eval()
+    tok = AutoTokenizer.from_pretrained(root / "model")
+    return model, tok, meta
+
+
+def load_or_retrain(
+    spec: DemoSpec,
+    tokenizer: PreTrainedTokenizerBase,
+    cache_dir: Path | None = None,
+    *,
+    rebuild: bool = False,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> RetrainOutcome:
+    """The cached retrained model for ``spec`` and ``tokenizer``, training it first if needed."""
+    root = retrain_dir(spec, cache_dir)
+    fp = tokenizer_fingerprint(tokenizer)
+    if not rebuild and (root / "meta.json").exists() and (root / "model" / "config.json").exists():
+        model, tok, meta = _load(root)
+        if meta.get("tokenizer_fingerprint") == fp and meta.get("version") == RETRAIN_VERSION:
+            return RetrainOutcome(model, tok, root, float(meta["seconds"]), True, meta)
+    load_before = os.getloadavg()
+    model, stats = retrain_model(spec, tokenizer, progress)
+    meta = {
+        "version": RETRAIN_VERSION,
+        "seconds": stats.seconds,
+        "steps": stats.steps,
+        "final_loss": stats.final_loss,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "load_avg_before": list(load_before),
+        "load_avg_after": list(os.getloadavg()),
+        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "tokenizer_fingerprint": fp,
+        "spec": asdict(replace(spec, with_canaries=False)),
+        "canary_model_key": spec.key(),
+        "torch": torch.__version__,
+    }
+    with atomic_dir(root) as tmp:
+        model.save_pretrained(tmp / "model", safe_serialization=True)
+        tokenizer.save_pretrained(tmp / "model")
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    return RetrainOutcome(model, tokenizer, root, stats.seconds, False, meta)
