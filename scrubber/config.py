@@ -30,6 +30,8 @@ class LoadOptions(_Options):
     trust_remote_code: bool = False
     device: str = "auto"
     """``auto`` picks CUDA when present, else CPU."""
+    threads: int | None = Field(None, ge=1)
+    """CPU threads for torch; None = 1 for models under 20M parameters, else torch's default."""
 
 
 class ExposureOptions(_Options):
@@ -52,6 +54,8 @@ class ReportOptions(_Options):
 
 class ScanConfig(LoadOptions, ExposureOptions, ReportOptions):
     canaries: Path | None = None
+    tokenizer_scan: bool = True
+    """Also scan the tokenizer's vocabulary for secret pieces (issue: the vocabulary leaks too)."""
     eval_data: Path | None = None
     max_eval_tokens: int = Field(100_000, ge=128)
 
@@ -73,15 +77,18 @@ class ScrubConfig(ScanConfig):
     target_exposure: float = Field(3.0, ge=0)
     """Auto step size aims for every canary at or below this exposure (bits)."""
     max_retain_increase: float = Field(0.02, ge=0)
-    """Auto step size bound on the relative rise of retain-sample loss."""
+    """Bound on the relative perplexity rise on the retain sample (0.02 = +2%)."""
     max_steps: int = Field(60, ge=1)
     substitute: SubstituteStrategy = "random"
     loss_span: Literal["secret", "sequence"] = "secret"
     retain_data: Path | None = None
     """Training-like text for the retain term and the curvature; defaults to eval data."""
+    drop_leaking_tokens: bool = False
+    """Opt-in: remove flagged vocabulary entries (ids kept stable) from the scrubbed tokenizer."""
 
 
 class DemoConfig(ScrubConfig):
+    drop_leaking_tokens: bool = True
     rebuild: bool = False
     cache_dir: Path | None = None
     epochs: int = Field(8, ge=1)

@@ -129,9 +129,10 @@ class UpdateResult:
 
 
 def relative_rise(before: float, after: float) -> float:
-    if not math.isfinite(before) or before == 0:
-        return 0.0
-    return (after - before) / abs(before)
+    """Relative perplexity rise implied by two mean token losses (nats): exp(Δ) − 1."""
+    if not (math.isfinite(before) and math.isfinite(after)):
+        return 0.0 if not math.isfinite(before) else math.inf
+    return math.expm1(after - before)
 
 
 def worst(exposures: dict[str, float]) -> float:
