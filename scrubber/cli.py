@@ -69,7 +69,10 @@ def _progress(quiet: bool):
     return Silent() if quiet or not sys.stderr.isatty() and os.environ.get("CI") else RichProgress()
 
 
-def _finish(report, cfg, default_base: Path | None, quiet: bool) -> int:
+def _finish(report, cfg, default_base: Path | None, quiet: bool,
+            summary: Callable[[], None] | None = None, extra: Callable[[], None] | None = None) -> int:
+    """Write the reports, print the summary (``summary`` replaces the canary table,
+    ``extra`` follows it), and turn the gate into the exit code."""
     from scrubber.report import write_reports
     from scrubber.summary import print_summary
 
@@ -83,7 +86,15 @@ def _finish(report, cfg, default_base: Path | None, quiet: bool) -> int:
             for p in paths.values():
                 typer.echo(f"wrote {p}", err=True)
     if not quiet:
-        print_summary(report)
+        if summary is not None:
+            summary()
+            if report.gate is not None:
+                typer.echo(f"gate (--fail-above {report.gate.fail_above}): "
+                           f"{'FAILED' if report.gate.failed else 'passed'}")
+        else:
+            print_summary(report)
+        if extra is not None:
+            extra()
     if report.gate is not None and report.gate.failed:
         typer.echo(
             f"gate: {len(report.gate.offenders)} item(s) above {report.gate.fail_above} bits", err=True
@@ -100,6 +111,25 @@ def _overrides(**kw: Any) -> dict[str, Any]:
 def scan(
     model_dir: Path = typer.Argument(..., help="Local checkpoint directory (save_pretrained)."),
     canaries: Optional[Path] = CanariesOpt,
+    discover: Optional[bool] = typer.Option(
+        None, "--discover/--no-discover",
+        help="With --canaries, also run discovery (without --canaries discovery always runs)."),
+    emit_canaries: Optional[Path] = typer.Option(
+        None, "--emit-canaries",
+        help="Write the memorized findings as a canary file for `scrubber scrub`. The file holds the "
+             "secrets RAW (scrub needs them); it is created with mode 0600: keep it out of artifacts."),
+    baits: Optional[list[str]] = typer.Option(
+        None, "--bait", help="Extra bait prompt (repeatable; YAML key `baits` also takes {text, kind})."),
+    default_baits: Optional[bool] = typer.Option(
+        None, "--default-baits/--no-default-baits", help="Use the built-in bait prompts."),
+    samples_per_bait: Optional[int] = typer.Option(None, "--samples-per-bait", help="Samples per bait (default 32)."),
+    unconditional_samples: Optional[int] = typer.Option(
+        None, "--unconditional-samples", help="Samples from the document-start token (default 64)."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Top-k sampling (default 40; 0 = off)."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="Sampling temperature (default 1.0)."),
+    memorization_threshold: Optional[float] = typer.Option(
+        None, "--memorization-threshold",
+        help="Bits of exposure from which a finding is memorized (default 20; see docs/scanning.md)."),
     eval_data: Optional[Path] = EvalOpt,
     report: Optional[Path] = ReportOpt,
     format: Optional[list[str]] = FormatOpt,
@@ -114,21 +144,49 @@ def scan(
     config: Optional[Path] = ConfigOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or summary."),
 ) -> None:
-    """Exposure report for known canaries (--canaries)."""
+    """Find memorized secrets (discovery), or measure known canaries (--canaries).
+
+    Without --canaries (or with --discover) the model is sampled from bait prompts and from the document start, secret-shaped values are detected, and each is judged by its exposure (memorized from --memorization-threshold bits, default 20). --format without --report writes ./report.<format>. Exit codes: 0 ok, 1 --fail-above exceeded, 2 bad input or error.
+    """
 
     def go() -> int:
-        from scrubber import pipeline
-        from scrubber.config import ScanConfig, load_config
+        from scrubber.discovery.config import DiscoverScanConfig
+        from scrubber.discovery.scan import print_findings, scan_report, write_canary_file
+        from scrubber.config import load_config
+        from scrubber.report.write import check_formats
 
-        cfg = load_config(ScanConfig, config, _overrides(
-            canaries=canaries, eval_data=eval_data, report=report, formats=format, reveal=reveal,
+        cfg = load_config(DiscoverScanConfig, config, _overrides(
+            canaries=canaries, discover=discover, emit_canaries=emit_canaries,
+            default_baits=default_baits, samples_per_bait=samples_per_bait,
+            unconditional_samples=unconditional_samples, top_k=top_k, temperature=temperature,
+            memorization_threshold=memorization_threshold,
+            eval_data=eval_data, report=report, formats=format, reveal=reveal,
             fail_above=fail_above, exposure_method=exposure_method, n_references=n_references,
             seed=seed, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, device=device,
         ))
-        if cfg.canaries is None:
-            raise ScrubberError("scan needs --canaries FILE")
-        rep = pipeline.scan(model_dir, cfg, _progress(quiet))
-        return _finish(rep, cfg, None, quiet)
+        if baits:  # --bait extends the YAML list
+            cfg.baits = [*cfg.baits, *baits]
+        try:
+            check_formats(cfg.formats)
+        except ValueError as err:
+            raise ScrubberError(str(err)) from None
+        discovering = cfg.discover or cfg.canaries is None
+        if cfg.emit_canaries is not None:
+            if not discovering:
+                raise ScrubberError("--emit-canaries needs discovery (drop --canaries or add --discover)")
+            if cfg.emit_canaries.is_dir():
+                raise ScrubberError(f"--emit-canaries {cfg.emit_canaries}: is a directory")
+        rep, result = scan_report(model_dir, cfg, _progress(quiet))
+        if result is not None and cfg.emit_canaries is not None:
+            emitted = result.memorized_canaries()
+            write_canary_file(emitted, cfg.emit_canaries)
+            if not quiet:
+                typer.echo(f"wrote {len(emitted)} canaries (raw secrets, mode 0600) to {cfg.emit_canaries}",
+                           err=True)
+        default_base = Path("report") if format else None
+        if rep.canaries or result is None:
+            return _finish(rep, cfg, default_base, quiet, extra=lambda: print_findings(rep, cfg.memorization_threshold) if result else None)
+        return _finish(rep, cfg, default_base, quiet, summary=lambda: print_findings(rep, cfg.memorization_threshold))
 
     _run(go)
 
@@ -191,6 +249,7 @@ def demo(
     out: Path = typer.Option(Path("scrubber-demo"), "--out", help="Where to leave the demo's models, canaries and reports."),
     method: Optional[str] = typer.Option(None, "--method", help="Scrub method (default iterative)."),
     rebuild: Optional[bool] = typer.Option(None, "--rebuild/--no-rebuild", help="Retrain the demo model even if cached."),
+    force: Optional[bool] = typer.Option(None, "--force/--no-force", help="Replace --out even if it is not a demo directory."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Demo model cache (default ~/.cache/scrubber)."),
     format: Optional[list[str]] = FormatOpt,
     reveal: Optional[bool] = RevealOpt,
@@ -205,7 +264,7 @@ def demo(
         from scrubber.demo_run import run_demo
 
         cfg = load_config(DemoConfig, config, _overrides(
-            out=out, method=method, rebuild=rebuild, cache_dir=cache_dir, formats=format,
+            out=out, method=method, rebuild=rebuild, force=force, cache_dir=cache_dir, formats=format,
             reveal=reveal, seed=seed,
         ))
         if cfg.formats == ["json", "md"]:
@@ -216,7 +275,118 @@ def demo(
     _run(go)
 
 
+@app.command()
+def train(
+    model: Optional[Path] = typer.Argument(
+        None, help="Checkpoint to fine-tune (or a dir with config.json + tokenizer and no weights: "
+                   "train from scratch); a .yaml file here is read as --config."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Training data: saved datasets dir, .jsonl (text field) or .txt."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output dir: model/, manifest.json, report.*, canaries.jsonl."),
+    canaries_out: Optional[Path] = typer.Option(
+        None, "--canaries-out", help="Canary file to write (default OUT/canaries.jsonl; raw secrets, mode 0600)."),
+    canaries: Optional[Path] = typer.Option(None, "--canaries", help="Inject these canaries instead of making new ones."),
+    canary_formats: Optional[list[str]] = typer.Option(
+        None, "--canary-formats", help="Secret formats of new canaries (comma-separated or repeated)."),
+    repetitions: Optional[str] = typer.Option(None, "--repetitions", help="Repetition counts, e.g. 1,4,16,64."),
+    text_field: Optional[str] = typer.Option(None, "--text-field", help="Text column of the dataset (default text)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs"),
+    lr: Optional[float] = typer.Option(None, "--lr"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    block_size: Optional[int] = typer.Option(None, "--block-size"),
+    eval_data: Optional[Path] = EvalOpt,
+    report: Optional[Path] = ReportOpt,
+    format: Optional[list[str]] = FormatOpt,
+    reveal: Optional[bool] = RevealOpt,
+    fail_above: Optional[float] = FailOpt,
+    exposure_method: Optional[str] = ExpMethodOpt,
+    n_references: Optional[int] = NRefOpt,
+    seed: Optional[int] = SeedOpt,
+    force: Optional[bool] = typer.Option(None, "--force/--no-force", help="Replace a non-empty --out."),
+    allow_pickle: Optional[bool] = PickleOpt,
+    trust_remote_code: Optional[bool] = RemoteOpt,
+    device: Optional[str] = DeviceOpt,
+    config: Optional[Path] = ConfigOpt,
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Secret Sharer audit: inject canaries into your data, fine-tune, report exposure.
+
+    Writes OUT/model, OUT/manifest.json and the canary file (both hold the canaries raw, mode 0600) and OUT/report.*; --fail-above gates as in scan.
+    """
+
+    def go() -> int:
+        from scrubber.audit import TrainAuditConfig, run_train
+        from scrubber.config import load_config
+        from scrubber.report.write import check_formats
+
+        cfg_path, model_dir = config, model
+        if model is not None and model.suffix in (".yaml", ".yml") and model.is_file():
+            if config is not None:
+                raise ScrubberError("give the YAML config either as MODEL or with --config, not both")
+            cfg_path, model_dir = model, None
+        cfg = load_config(TrainAuditConfig, cfg_path, _overrides(
+            model=model_dir, data=data, out=out, canaries_out=canaries_out, canaries=canaries,
+            canary_formats=canary_formats, repetitions=repetitions, text_field=text_field,
+            epochs=epochs, lr=lr, batch_size=batch_size, block_size=block_size, eval_data=eval_data,
+            report=report, formats=format, reveal=reveal, fail_above=fail_above,
+            exposure_method=exposure_method, n_references=n_references, seed=seed, force=force,
+            allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, device=device,
+        ))
+        try:
+            check_formats(cfg.formats)
+        except ValueError as err:
+            raise ScrubberError(str(err)) from None
+        rep = run_train(cfg, _progress(quiet))
+        return _finish(rep, cfg, Path(cfg.out) / "report", quiet)
+
+    _run(go)
+
+
+canaries_app = typer.Typer(no_args_is_help=True, help="Make and inject canaries.")
+app.add_typer(canaries_app, name="canaries")
+
+
+@canaries_app.command("inject")
+def canaries_inject(
+    data: Optional[Path] = typer.Option(None, "--data", help="Dataset: saved datasets dir, .jsonl (text field) or .txt."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output dir: data (same form as input), manifest.json, canaries.jsonl."),
+    formats: Optional[list[str]] = typer.Option(
+        None, "--formats", help="Secret formats (comma-separated or repeated): credit_card, password, digits8, '[A-Z]{3}-[0-9]{6}', ..."),
+    repetitions: Optional[str] = typer.Option(None, "--repetitions", help="Repetition counts, e.g. 1,4,16,64."),
+    canaries: Optional[Path] = typer.Option(None, "--canaries", help="Inject these canaries instead of making new ones."),
+    text_field: Optional[str] = typer.Option(None, "--text-field", help="Text column (default text)."),
+    mode: Optional[str] = typer.Option(None, "--mode", help="insert (own records, default) or append (to existing records)."),
+    seed: Optional[int] = SeedOpt,
+    force: Optional[bool] = typer.Option(None, "--force/--no-force", help="Replace a non-empty --out."),
+    config: Optional[Path] = ConfigOpt,
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Write DATA with canaries injected, the manifest, and the canary file (raw secrets, mode 0600)."""
+
+    def go() -> int:
+        from scrubber.audit import InjectConfig, run_inject
+        from scrubber.config import load_config
+
+        cfg = load_config(InjectConfig, config, _overrides(
+            data=data, out=out, canary_formats=formats, repetitions=repetitions, canaries=canaries,
+            text_field=text_field, mode=mode, seed=seed, force=force,
+        ))
+        paths = run_inject(cfg)
+        if not quiet:
+            for p in paths.values():
+                typer.echo(f"wrote {p}", err=True)
+        return 0
+
+    _run(go)
+
+
 def main() -> None:
+    import warnings
+
+    from scrubber.models import _quiet_transformers
+
+    _quiet_transformers()  # library chatter would bury our one-line errors and the summary
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
     app()
 
 

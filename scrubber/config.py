@@ -79,6 +79,8 @@ class ScrubConfig(ScanConfig):
     max_retain_increase: float = Field(0.02, ge=0)
     """Bound on the relative perplexity rise on the retain sample (0.02 = +2%)."""
     max_steps: int = Field(60, ge=1)
+    retain_weight: float = Field(100.0, ge=0)
+    """Weight of the retain-sample loss (IAU's gradient correction) in iterative steps."""
     substitute: SubstituteStrategy = "random"
     loss_span: Literal["secret", "sequence"] = "secret"
     retain_data: Path | None = None

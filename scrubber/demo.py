@@ -46,7 +46,7 @@ class DemoSpec:
     block_size: int = 128
     batch_size: int = 16
     lr: float = 3e-3
-    heldout_fraction: float = 0.05
+    heldout_fraction: float = 0.1
     grad_restriction_alpha: float = 0.0
     version: int = 1
 

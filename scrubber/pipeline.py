@@ -293,6 +293,7 @@ def scrub(model_dir: Path, cfg: ScrubConfig, progress: Progress | None = None,
         target_exposure=cfg.target_exposure,
         max_retain_increase=cfg.max_retain_increase,
         max_steps=cfg.max_steps,
+        retain_weight=cfg.retain_weight,
     )
     with progress.stage(f"scrub ({cfg.method})", total=cfg.max_steps) as advance:
         task = UpdateTask(

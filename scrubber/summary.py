@@ -23,23 +23,24 @@ def print_summary(report: Report, console: Console | None = None) -> None:
     console = console or Console()
     scrubbed = report.scrub is not None
     table = Table(title=f"scrubber {report.command}: {report.model.path}")
-    table.add_column("canary")
-    table.add_column("format")
+    table.add_column("canary", no_wrap=True)
     table.add_column("reps", justify="right")
-    table.add_column("secret")
-    table.add_column("exposure (bits)" if not scrubbed else "before", justify="right")
-    table.add_column("method")
-    table.add_column("extracted")
+    table.add_column("secret", no_wrap=True)
+    table.add_column("exposure, bits" if not scrubbed else "before, bits", justify="right")
     if scrubbed:
-        table.add_column("after", justify="right")
-        table.add_column("extracted after")
+        table.add_column("after, bits", justify="right")
+    table.add_column("extracted")
     for c in report.canaries:
         row = [
-            c.id, c.format, "-" if c.repetitions is None else str(c.repetitions), c.secret,
-            _fmt(c.before), c.before.exposure_method, "yes" if c.before.extracted else "no",
+            c.id, "-" if c.repetitions is None else str(c.repetitions), c.secret,
+            f"{_fmt(c.before)} ({c.before.exposure_method})",
         ]
         if scrubbed:
-            row += [_fmt(c.after), "yes" if c.after and c.after.extracted else "no"]
+            row.append(f"{_fmt(c.after)} ({c.after.exposure_method})" if c.after else "-")
+            ext = f"{'yes' if c.before.extracted else 'no'} → {'yes' if c.after and c.after.extracted else 'no'}"
+        else:
+            ext = "yes" if c.before.extracted else "no"
+        row.append(ext)
         table.add_row(*row)
     console.print(table)
     u = report.utility

@@ -104,7 +104,7 @@ def train_causal_lm(
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
             step += 1
             if progress:
                 progress(step, total, losses[-1])

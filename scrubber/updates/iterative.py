@@ -24,11 +24,10 @@ DEFAULT_STEP = 2e-4
 """Default step norm relative to the selected parameters' norm."""
 
 
-def iterative(
-    task: UpdateTask, settings: UpdateSettings, *, retain_weight: float = 10.0, probe_every: int = 3
-) -> UpdateResult:
+def iterative(task: UpdateTask, settings: UpdateSettings, *, probe_every: int = 3) -> UpdateResult:
     start = time.perf_counter()
     sel = task.selection
+    retain_weight = settings.retain_weight
     step_norm = (settings.tau if settings.tau is not None else DEFAULT_STEP) * float(sel.values().norm())
     r0 = task.retain_value()
     active = {c.id for c in task.canaries}

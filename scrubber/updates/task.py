@@ -113,6 +113,8 @@ class UpdateSettings:
     target_exposure: float = 3.0
     max_retain_increase: float = 0.02
     max_steps: int = 60
+    retain_weight: float = 100.0
+    step: float | None = None
     solver: str = "cg"
     curvature: str = "ggn"
 

@@ -1,0 +1,167 @@
+"""Is a candidate memorized, or just plausible-looking?
+
+Primary signal: **exposure** (Carlini et al. 2019) of the value given the text
+the model generated before it, against uniformly random members of the value's
+format, from the exposure engine. A value the model merely made up ranks like a
+random member of its format: for a non-memorized value exposure is about
+Exp-distributed with mean log2(e) ≈ 1.44 bits, P(exposure ≥ t) = 2^-t. With M
+values tested per scan the chance that any exceeds t bits is at most about
+M·2^-t, so the default threshold of 20 bits keeps false positives near 3e-4 per
+scan for 300 candidates (1e-3 for 1000); see docs/scanning.md.
+
+Secondary columns, as in Carlini et al. 2021 ("Extracting Training Data from
+Large Language Models"): the sample's **perplexity** under the model, and the
+**zlib ratio** = bits the model needs for the sample / bits zlib needs for it
+(8 × compressed length). Memorized text is easy for the model but not for a
+generic compressor: a low ratio is suspicious. They order, they do not decide.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import zlib
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from canaries.canary import Canary
+from canaries.formats import get_format
+from canaries.mask import mask_secret
+from scrubber.config import ExposureOptions
+from scrubber.context import encode_prompt
+from scrubber.discovery.candidates import Candidate, Occurrence
+from scrubber.exposure.engine import ExposureResult, measure_exposure
+from scrubber.extraction import greedy_extracts
+
+_LN2 = math.log(2.0)
+#: Values whose screening exposure reaches this fraction of the threshold get the full measurement.
+SCREEN_FRACTION = 0.5
+_ENGINE_PARAMS = frozenset(inspect.signature(measure_exposure).parameters)
+_INFERRED_KINDS = ("password", "api_key", "high_entropy")
+
+
+@dataclass
+class Judgement:
+    candidate: Candidate
+    occurrence: Occurrence
+    """The context whose exposure counts (the highest of those measured)."""
+    result: ExposureResult
+    extracted: bool
+    perplexity: float | None
+    zlib_ratio: float | None
+    memorized: bool
+
+    @property
+    def exposure(self) -> float:
+        return self.result.exposure
+
+    def masked_value(self) -> str:
+        c = self.candidate
+        return mask_secret(c.value, None if c.kind in _INFERRED_KINDS else get_format(c.format))
+
+
+def zlib_bits(text: str) -> int:
+    return 8 * len(zlib.compress(text.encode("utf-8"), 9))
+
+
+@torch.inference_mode()
+def sample_bits(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, text: str) -> tuple[float, int]:
+    """Total -log2 p of ``text``'s tokens after the document start, and their count."""
+    ids = encode_prompt(tokenizer, text)
+    limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    if limit:
+        ids = ids[:limit]
+    n_ctx = len(encode_prompt(tokenizer, "")) or 1
+    if len(ids) <= n_ctx:
+        return 0.0, 0
+    x = torch.tensor([ids], device=next(model.parameters()).device)
+    logp = torch.log_softmax(model(input_ids=x).logits[0, :-1].float(), dim=-1)
+    tgt = x[0, 1:]
+    nll = -logp.gather(1, tgt[:, None])[:, 0][n_ctx - 1:]
+    return float(nll.sum()) / _LN2, int(nll.numel())
+
+
+def carlini_signals(model, tokenizer, sample: str) -> tuple[float | None, float | None]:
+    """(perplexity, zlib ratio) of a sample; None where undefined (empty sample)."""
+    bits, n = sample_bits(model, tokenizer, sample)
+    if n == 0:
+        return None, None
+    z = zlib_bits(sample)
+    return 2.0 ** (bits / n), (bits / z if z else None)
+
+
+def _measure(model, tokenizer, canary: Canary, opts: ExposureOptions, exact_rank: bool,
+             n_references: int | None = None) -> ExposureResult:
+    """The engine's exposure; with ``exact_rank`` False, ``auto`` skips the exact-rank
+    search (costly, and the estimate suffices to tell a candidate from chance)."""
+    kwargs: dict = {}
+    if not exact_rank and "max_rank" in _ENGINE_PARAMS:
+        kwargs["max_rank"] = 0
+    return measure_exposure(
+        model, tokenizer, canary,
+        method=opts.exposure_method, n_references=n_references or opts.n_references,
+        exact_limit=opts.exact_limit, seed=opts.seed, batch_size=opts.batch_size,
+        confidence=opts.confidence, **kwargs,
+    )  # fmt: skip
+
+
+def judge_candidates(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    candidates: Sequence[Candidate],
+    opts: ExposureOptions,
+    *,
+    threshold: float = 20.0,
+    contexts_per_value: int = 1,
+    screen_references: int = 0,
+    min_repeats: int = 1,
+    on_done: Callable[[int, int], None] | None = None,
+) -> list[Judgement]:
+    """Exposure (max over up to ``contexts_per_value`` contexts), extraction and Carlini signals.
+
+    With ``screen_references`` > 0 each value is first measured against that many
+    references; only values reaching ``SCREEN_FRACTION`` of the threshold are measured
+    again against the full ``opts.n_references`` (the report's ``n_references`` says
+    which a value got). A value is memorized when its exposure reaches ``threshold``
+    *and* it recurs: at least ``min_repeats`` generations held it exactly (random
+    samples, or greedy continuations from different prompts or first tokens), or
+    greedy decoding from its prefix reproduces it. Exposure alone overrates sampled values:
+    they were drawn from the model, so they are likelier under it than uniform members
+    of their format by construction (measured: values sampled once reached 20-43 bits).
+    """
+    out: list[Judgement] = []
+    for i, cand in enumerate(candidates):
+        best: tuple[ExposureResult, Occurrence] | None = None
+        o = opts
+        if opts.exposure_method == "auto" and get_format(cand.format).log2_size < threshold:
+            # can never count as memorized: the estimate from a few references will do
+            # (auto would enumerate up to exact_limit members of R for each such value)
+            o = opts.model_copy(update={"exposure_method": "extrapolated"})
+        for occ in cand.contexts(contexts_per_value):
+            canary = Canary(id=f"candidate-{i}", prefix=occ.prefix, secret=cand.value, format=cand.format)
+            res = None
+            if 0 < screen_references < opts.n_references:
+                # most candidates are plainly not memorized: a small reference set says so
+                res = _measure(model, tokenizer, canary, o, False, screen_references)
+                if res.exposure >= threshold * SCREEN_FRACTION and o is opts:
+                    res = None
+            if res is None:
+                res = _measure(model, tokenizer, canary, o, exact_rank=False)
+            if best is None or res.exposure > best[0].exposure:
+                best = (res, occ)
+        assert best is not None
+        res, occ = best
+        if res.exposure >= threshold and opts.exposure_method == "auto" and res.method != "exact":
+            # memorized: worth an exact rank by search where the engine can get one
+            canary = Canary(id=f"candidate-{i}", prefix=occ.prefix, secret=cand.value, format=cand.format)
+            res = _measure(model, tokenizer, canary, opts, exact_rank=True)
+        extracted = greedy_extracts(model, tokenizer, occ.prefix, cand.value)
+        ppl, ratio = carlini_signals(model, tokenizer, occ.sample)
+        recurs = len(cand.occurrences) >= min_repeats or extracted
+        out.append(Judgement(cand, occ, res, extracted, ppl, ratio, res.exposure >= threshold and recurs))
+        if on_done:
+            on_done(i + 1, len(candidates))
+    return out
