@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import torch
 
 from canaries import Canary, dump_canaries
 from canaries.inject import inject, make_canaries
@@ -97,6 +96,38 @@ def _artifacts(root: Path) -> DemoArtifacts:
     return a
 
 
+def train_demo_model(spec: DemoSpec, tokenizer, texts: list[str], progress=None):
+    """The demo's architecture and recipe on ``texts``: shared with the retrain baseline,
+    so "retrain without the canaries" differs from the demo in the data alone."""
+    from scrubber.training.model_factory import small_causal_lm
+    from scrubber.training.train import TrainConfig, train_causal_lm
+
+    model = small_causal_lm(
+        len(tokenizer),
+        arch="gpt2",
+        n_layer=spec.n_layer,
+        d_model=spec.d_model,
+        n_head=spec.n_head,
+        n_positions=max(256, spec.block_size),
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        seed=spec.seed,
+        attn_implementation="sdpa",  # fast training; saved as eager for second-order updates
+    )
+    cfg = TrainConfig(
+        epochs=spec.epochs,
+        batch_size=spec.batch_size,
+        block_size=spec.block_size,
+        lr=spec.lr,
+        seed=spec.seed,
+        grad_restriction_alpha=spec.grad_restriction_alpha,
+    )
+    stats = train_causal_lm(model, tokenizer, texts, cfg, progress=progress)
+    model.config._attn_implementation = "eager"
+    return model.eval(), stats
+
+
 def build_demo(
     spec: DemoSpec | None = None,
     cache_dir: Path | None = None,
@@ -108,9 +139,7 @@ def build_demo(
 
     ``progress(stage, done, total)`` reports training steps.
     """
-    from scrubber.training.model_factory import small_causal_lm
     from scrubber.training.tokenizer import train_bpe_tokenizer
-    from scrubber.training.train import TrainConfig, train_causal_lm
 
     spec = spec or DemoSpec()
     root = (cache_dir or default_cache_dir()) / f"demo-{spec.key()}"
@@ -128,35 +157,10 @@ def build_demo(
     if progress:
         progress("tokenizer", 0, 1)
     tokenizer = train_bpe_tokenizer(corpus, vocab_size=spec.vocab_size)
-    model = small_causal_lm(
-        len(tokenizer),
-        arch="gpt2",
-        n_layer=spec.n_layer,
-        d_model=spec.d_model,
-        n_head=spec.n_head,
-        n_positions=max(256, spec.block_size),
-        bos_token_id=tokenizer.eos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        seed=spec.seed,
-        attn_implementation="sdpa",
-    )
-    cfg = TrainConfig(
-        epochs=spec.epochs,
-        batch_size=spec.batch_size,
-        block_size=spec.block_size,
-        lr=spec.lr,
-        seed=spec.seed,
-        grad_restriction_alpha=spec.grad_restriction_alpha,
-    )
-    train_causal_lm(
-        model,
-        tokenizer,
-        corpus,
-        cfg,
+    model, _stats = train_demo_model(
+        spec, tokenizer, corpus,
         progress=(lambda s, n, _l: progress("train", s, n)) if progress else None,
     )
-    model.config._attn_implementation = "eager"
     retain = random.Random(spec.seed + 1).sample(train_docs, min(64, len(train_docs)))
     with atomic_dir(root) as tmp:
         model.save_pretrained(tmp / "model", safe_serialization=True)
@@ -167,5 +171,4 @@ def build_demo(
         (tmp / "heldout.txt").write_text("\n\n".join(heldout), encoding="utf-8")
         (tmp / "retain.txt").write_text("\n\n".join(retain), encoding="utf-8")
         (tmp / "spec.json").write_text(json.dumps(asdict(spec), indent=2), encoding="utf-8")
-    torch.set_num_threads(torch.get_num_threads())
     return _artifacts(root)

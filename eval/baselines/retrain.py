@@ -28,9 +28,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from scrubber.atomic import atomic_dir
-from scrubber.demo import DemoSpec, corpus_split, default_cache_dir
-from scrubber.training.model_factory import small_causal_lm
-from scrubber.training.train import TrainConfig, TrainStats, train_causal_lm
+from scrubber.demo import DemoSpec, corpus_split, default_cache_dir, train_demo_model
+from scrubber.training.train import TrainStats
 
 RETRAIN_VERSION = 1
 
@@ -61,30 +60,7 @@ def retrain_model(
 ) -> tuple[PreTrainedModel, TrainStats]:
     """A fresh model of ``spec``'s architecture trained with ``spec``'s settings on the clean corpus."""
     train_docs, _heldout = corpus_split(spec.seed, spec.heldout_fraction)
-    model = small_causal_lm(
-        len(tokenizer),
-        arch="gpt2",
-        n_layer=spec.n_layer,
-        d_model=spec.d_model,
-        n_head=spec.n_head,
-        n_positions=max(256, spec.block_size),
-        bos_token_id=tokenizer.eos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        seed=spec.seed,
-        attn_implementation="sdpa",
-    )
-    cfg = TrainConfig(
-        epochs=spec.epochs,
-        batch_size=spec.batch_size,
-        block_size=spec.block_size,
-        lr=spec.lr,
-        seed=spec.seed,
-        grad_restriction_alpha=spec.grad_restriction_alpha,
-    )
-    stats = train_causal_lm(model, tokenizer, train_docs, cfg, progress=progress)
-    model.config._attn_implementation = "eager"  # as the demo saves it: updates need second derivatives
-    return model.eval(), stats
+    return train_demo_model(spec, tokenizer, train_docs, progress=progress)
 
 
 def retrain_dir(spec: DemoSpec, cache_dir: Path | None = None) -> Path:
