@@ -149,3 +149,47 @@ def test_config_file_rejects_unknown_keys(trained_dir, tmp_path):
     r = CliRunner().invoke(app, ["scan", str(model_dir), "--config", str(cfg), "-q"])
     assert r.exit_code == 2
     assert "unknown option 'bogus_key'" in r.output
+
+
+@pytest.mark.parametrize("extra", [["--params", "-1:/mlp"], ["--lora"], ["--lora", "--merge-lora"]])
+def test_scrub_layer_subset_and_lora_from_cli(extra, trained_dir, tmp_path):
+    model_dir, heldout = trained_dir
+    canaries = _canary_file(tmp_path / "c.jsonl")
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, ["scrub", str(model_dir), "--canaries", str(canaries), "--out", str(out),
+                                 "--n-references", "100", "--eval-data", str(heldout), "-q", *extra])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((out / "report.json").read_text())
+    total = rep["model"]["n_parameters"]
+    assert 0 < rep["scrub"]["n_parameters_updated"] < total
+    c = rep["canaries"][0]
+    assert c["after"]["exposure"] < c["before"]["exposure"]
+    from scrubber.models import load_model
+
+    reloaded = load_model(out)
+    if "--lora" in extra and "--merge-lora" not in extra:
+        assert (out / "adapter_config.json").exists() and reloaded.is_peft
+    else:
+        assert (out / "model.safetensors").exists() and not reloaded.is_peft
+
+
+def test_scrub_peft_model_in_its_own_adapter(trained_dir, tmp_path):
+    """A secret that came in through a LoRA fine-tune is scrubbed in that adapter's weights."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model_dir, heldout = trained_dir
+    base = AutoModelForCausalLM.from_pretrained(model_dir)
+    peft_model = get_peft_model(base, LoraConfig(r=4, target_modules=["c_attn", "c_fc"], init_lora_weights=False))
+    adapter_dir = tmp_path / "adapter"
+    peft_model.save_pretrained(adapter_dir)
+    base_files = _digest(model_dir)
+    canaries = _canary_file(tmp_path / "c.jsonl")
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, ["scrub", str(adapter_dir), "--canaries", str(canaries), "--out", str(out),
+                                 "--n-references", "100", "--eval-data", str(heldout), "-q"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["scrub"]["params_selected"] == "lora"
+    assert (out / "adapter_config.json").exists()
+    assert _digest(model_dir) == base_files

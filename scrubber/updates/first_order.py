@@ -13,7 +13,14 @@ import time
 import torch
 
 from scrubber.influence.residual import gradient_residual
-from scrubber.updates.task import UpdateResult, UpdateSettings, UpdateTask, relative_rise, worst
+from scrubber.updates.task import (
+    UpdateResult,
+    UpdateSettings,
+    UpdateTask,
+    reference_norm,
+    relative_rise,
+    worst,
+)
 
 
 def choose_step(
@@ -25,7 +32,7 @@ def choose_step(
     max_doublings: int = 16,
 ) -> tuple[float, dict]:
     """Smallest multiplier t (step = t·direction) meeting the target within the retain bound."""
-    theta_norm = float(task.selection.values().norm())
+    theta_norm = reference_norm(task.selection)
     d_norm = float(direction.norm()) or 1.0
     t = base_norm * theta_norm / d_norm
     r0 = task.retain_value()

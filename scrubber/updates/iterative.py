@@ -18,17 +18,23 @@ import torch
 
 from scrubber.influence.objective import original_nll, substitute_nll
 from scrubber.influence.residual import gradient_residual
-from scrubber.updates.task import UpdateResult, UpdateSettings, UpdateTask, relative_rise
+from scrubber.updates.task import (
+    UpdateResult,
+    UpdateSettings,
+    UpdateTask,
+    reference_norm,
+    relative_rise,
+)
 
 DEFAULT_STEP = 2e-4
-"""Default step norm relative to the selected parameters' norm."""
+"""Default step norm relative to :func:`reference_norm` (‖θ‖ when all parameters are selected)."""
 
 
 def iterative(task: UpdateTask, settings: UpdateSettings, *, probe_every: int = 3) -> UpdateResult:
     start = time.perf_counter()
     sel = task.selection
     retain_weight = settings.retain_weight
-    step_norm = (settings.tau if settings.tau is not None else DEFAULT_STEP) * float(sel.values().norm())
+    step_norm = (settings.tau if settings.tau is not None else DEFAULT_STEP) * reference_norm(sel)
     r0 = task.retain_value()
     active = {c.id for c in task.canaries}
     history: list[dict] = []

@@ -130,6 +130,19 @@ class UpdateResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def reference_norm(selection: ParameterSelection) -> float:
+    """The scale step sizes are relative to: the model's RMS weight times sqrt(#selected).
+
+    Equals ‖θ‖ when everything is selected; for a fresh LoRA adapter (B = 0,
+    small A) the selection's own norm is near zero and would make every step vanish.
+    """
+    total, count = 0.0, 0
+    for p in selection.model.parameters():
+        total += float(p.detach().double().pow(2).sum())
+        count += p.numel()
+    return (total / max(count, 1)) ** 0.5 * selection.numel ** 0.5
+
+
 def relative_rise(before: float, after: float) -> float:
     """Relative perplexity rise implied by two mean token losses (nats): exp(Δ) − 1."""
     if not (math.isfinite(before) and math.isfinite(after)):
