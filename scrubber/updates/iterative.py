@@ -16,7 +16,6 @@ import time
 
 import torch
 
-from scrubber.influence.objective import original_nll, substitute_nll
 from scrubber.influence.residual import gradient_residual
 from scrubber.updates.task import (
     UpdateResult,
@@ -51,10 +50,7 @@ def iterative(task: UpdateTask, settings: UpdateSettings, *, probe_every: int = 
                 break
         pairs = [p for p in task.pairs if p.canary_id in active]
         with sel.requires_grad_only():
-            loss = (
-                substitute_nll(task.model, task.tokenizer, pairs, task.loss_span).sum()
-                - original_nll(task.model, task.tokenizer, pairs, task.loss_span).sum()
-            )
+            loss = task.forget_loss(pairs)
             if task.retain_blocks is not None and retain_weight:
                 idx = torch.randint(len(task.retain_blocks), (8,), generator=torch.Generator().manual_seed(steps))
                 loss = loss + retain_weight * task.model(

@@ -69,11 +69,13 @@ class UpdateTask:
     progress: Callable[[int, int], None] | None = None
 
     # -- the quantities methods combine ----------------------------------
-    def forget_loss(self) -> torch.Tensor:
-        """Σ ℓ(z̃) − Σ ℓ(z): descending it replaces each secret by its substitute."""
+    def forget_loss(self, pairs: Sequence[EditPair] | None = None) -> torch.Tensor:
+        """Σ ℓ(z̃) − Σ ℓ(z) over ``pairs`` (default all): descending it replaces each secret
+        by its substitute."""
+        pairs = self.pairs if pairs is None else pairs
         return (
-            substitute_nll(self.model, self.tokenizer, self.pairs, self.loss_span).sum()
-            - original_nll(self.model, self.tokenizer, self.pairs, self.loss_span).sum()
+            substitute_nll(self.model, self.tokenizer, pairs, self.loss_span).sum()
+            - original_nll(self.model, self.tokenizer, pairs, self.loss_span).sum()
         )
 
     def corrected_loss(self) -> torch.Tensor:
