@@ -30,6 +30,7 @@ from canaries.formats import FormatError, get_format
 from canaries.inject import InjectError, Manifest, inject, make_canaries
 from scrubber.atomic import atomic_dir, check_output_dir
 from scrubber.config import ScanConfig, _Options
+from scrubber.data import pick_split, read_jsonl_records, read_plain_documents, read_saved_dataset
 from scrubber.errors import ScrubberError
 from scrubber.progress import Progress, Silent
 
@@ -119,15 +120,11 @@ class Corpus:
 def load_corpus(path: Path, text_field: str = "text") -> Corpus:
     p = Path(path)
     if p.is_dir():
-        try:
-            from datasets import DatasetDict, load_from_disk
+        from datasets import DatasetDict
 
-            ds = load_from_disk(str(p))
-        except Exception as err:
-            raise ScrubberError(f"{p}: not a saved datasets directory ({err.__class__.__name__})") from None
+        ds = read_saved_dataset(p)
         if isinstance(ds, DatasetDict):
-            split = "train" if "train" in ds else next(iter(ds))
-            corpus = Corpus("dataset_dict", ds, split)
+            corpus = Corpus("dataset_dict", ds, pick_split(ds, ("train",)))
         else:
             corpus = Corpus("dataset", ds)
         if text_field not in corpus.target().column_names:
@@ -138,21 +135,11 @@ def load_corpus(path: Path, text_field: str = "text") -> Corpus:
     if p.suffix in (".jsonl", ".json"):
         from datasets import Dataset
 
-        records = []
-        for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                raise ScrubberError(f"{p}:{n}: not valid JSON") from None
-            if not isinstance(rec, dict) or not isinstance(rec.get(text_field), str):
-                raise ScrubberError(f"{p}:{n}: expected an object with a {text_field!r} string")
-            records.append(rec)
+        records = read_jsonl_records(p, text_field)
         if not records:
             raise ScrubberError(f"{p}: no records")
         return Corpus("jsonl", Dataset.from_list(records))
-    texts = [t for t in p.read_text(encoding="utf-8").split("\n\n") if t.strip()]
+    texts = read_plain_documents(p)
     if not texts:
         raise ScrubberError(f"{p}: no text found")
     return Corpus("text", texts)
