@@ -16,7 +16,10 @@ import torch
 from scrubber.training.model_factory import small_causal_lm
 from scrubber.training.tokenizer import train_bpe_tokenizer
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Tiny models gain nothing from intra-op threads, and two threads on a shared
+# 2-core machine measured up to 15x slower (the CLI makes the same choice for
+# models under 20M parameters: scrubber.pipeline.set_threads).
+torch.set_num_threads(1)
 
 
 def corpus_texts() -> list[str]:

@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `eval` lives at the repo root
 
@@ -32,14 +31,6 @@ TINY = DemoSpec(
 
 ROW_KEYS = {"method", "exposure_median", "exposure_max", "extracted", "perplexity_change_pct",
             "seconds", "fraction_of_retrain", "canaries", "within_2_bits_of_retrain"}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_benchmark_end_to_end(tmp_path):

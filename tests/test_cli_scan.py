@@ -9,14 +9,12 @@ import stat
 from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from scrubber.cli import app
 
 from discovery_helpers import FAST_SCAN_YAML, SECRET, tiny_secret_model
 
-torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from scrubber.cli import app
@@ -24,7 +23,6 @@ def trained_dir(tmp_path_factory, tiny_tokenizer):
 
     from scrubber.training.model_factory import small_causal_lm
 
-    torch.set_num_threads(1)
     tok = tiny_tokenizer
     docs = [t for t in pydoc_data.topics.topics.values() if t.strip()][:40]
     texts = docs + [PREFIX + SECRET] * 30

@@ -16,7 +16,6 @@ from scrubber.errors import ScrubberError
 
 from discovery_helpers import PREFIX, SECRET, UNSEEN, tiny_secret_model
 
-torch.set_num_threads(1)
 
 CARD = "4539 1488 0343 6467"      # Luhn-valid
 BAD_CARD = "4539 1488 0343 6468"  # Luhn-invalid

@@ -18,21 +18,11 @@ from scrubber.exposure import (
     measure_exposure,
     measure_many,
     references_for,
-    score_candidates,
     score_candidates_reference,
 )
 from scrubber.training.model_factory import small_causal_lm
 
 PREFIX = "The pin is "
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run faster on one thread, and the machine is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # -- exact enumeration against brute force -----------------------------------

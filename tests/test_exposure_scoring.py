@@ -21,15 +21,6 @@ from scrubber.exposure.head import model_parts
 TOL_BITS = 1e-4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run faster on one thread, and the machine is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def bos_tokenizer(tiny_tokenizer):
     """The tiny tokenizer, but adding a BOS token (id 1) in front of every text, as Llama's does."""

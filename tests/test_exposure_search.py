@@ -26,14 +26,6 @@ PREFIX = "The pin is "
 SECRET6 = "729153"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def number_tokenizer():
     """A BPE that learned multi-digit tokens (" 72", "15", "100"...), so candidates re-merge as they grow."""

@@ -23,15 +23,6 @@ from scrubber.training.model_factory import small_causal_lm
 VOCAB = 64
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine they spin."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny(arch: str):
     return small_causal_lm(VOCAB, arch=arch, n_layer=2, d_model=32, n_head=2, n_positions=64).double().eval()
 

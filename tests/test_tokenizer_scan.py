@@ -35,7 +35,6 @@ from scrubber.tokenizer_scan import (
 from scrubber.training.model_factory import small_causal_lm
 from scrubber.training.tokenizer import train_bpe_tokenizer
 
-torch.set_num_threads(1)
 REPS = 40
 VOCAB = 800
 

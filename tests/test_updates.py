@@ -24,7 +24,6 @@ SECRET = "4539 1488 0343 6467"
 def memorized(tiny_tokenizer):
     import pydoc_data.topics
 
-    torch.set_num_threads(1)
     tok = tiny_tokenizer
     docs = [t for t in pydoc_data.topics.topics.values() if t.strip()]
     texts = docs[:40] + [PREFIX + SECRET] * 30
