@@ -19,6 +19,7 @@ import torch
 
 from canaries.formats import SecretFormat, luhn_check_digit
 from canaries.substitutes import SubstituteError
+from scrubber.context import encode_prompt, start_ids
 
 _DIGITS = "0123456789"
 
@@ -49,9 +50,10 @@ def _next_char_candidates(model, tokenizer, context: str, top_k: int) -> tuple[s
     """
     stripped = context.rstrip()
     pending = context[len(stripped):]
-    ids = list(tokenizer(stripped)["input_ids"]) if stripped else []
+    # as the model saw it in training: the document's start token first, no end token after
+    ids = encode_prompt(tokenizer, stripped) if stripped else start_ids(tokenizer)
     if not ids:
-        ids = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id]
+        ids = list(tokenizer("")["input_ids"])[:1] or [tokenizer.eos_token_id]
     device = next(model.parameters()).device
     logits = model(torch.tensor([ids], device=device)).logits[0, -1].float()
     probs = torch.softmax(logits, dim=-1)

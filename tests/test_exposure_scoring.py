@@ -51,8 +51,10 @@ def test_trailing_space_merges_into_secret(tiny_tokenizer):
     assert tok.convert_ids_to_tokens(span.scored[0]) == "Ġthe"
     assert _decode(tok, span.context) == "pass is"
     assert _decode(tok, span.scored) == " the1"
-    # ... so counting the prefix's own tokens would misplace the secret
-    assert len(tok(prefix)["input_ids"]) != len(span.context)
+    # ... so counting the prefix's own tokens would misplace the secret (the context also opens
+    # with the document-start EOS that training put before every document)
+    assert span.context[0] == tok.eos_token_id
+    assert len(tok(prefix)["input_ids"]) != len(span.context) - 1
 
 
 def test_prefix_tail_merges_with_secret(tiny_tokenizer):
@@ -67,7 +69,8 @@ def test_prefix_tail_merges_with_secret(tiny_tokenizer):
 def test_bos_stays_in_context_and_empty_prefix(tiny_tokenizer, bos_tokenizer):
     (with_bos,) = secret_tokens(bos_tokenizer, "pass is th", ["eXy"])
     (plain,) = secret_tokens(tiny_tokenizer, "pass is th", ["eXy"])
-    assert with_bos.context == (1, *plain.context)
+    # a tokenizer that adds BOS keeps it; one that adds nothing gets the document-start EOS
+    assert with_bos.context == (1, *plain.context[1:]) and plain.context[0] == tiny_tokenizer.eos_token_id
     assert with_bos.scored == plain.scored
     # nothing before the secret: condition on BOS, or on EOS when no BOS is added
     (empty_bos,) = secret_tokens(bos_tokenizer, "", ["eXy"])

@@ -40,22 +40,45 @@ search over partial *token paths* instead:
 Assumptions (checked where they can be):
 
 1. **Stable prefix.** The tokenizer pre-tokenizes with a left-to-right split
-   (GPT-2 / byte-level regex, as the project's tokenizers; also Llama-3 and
-   Qwen style) and runs BPE inside each pre-token independently, with no
-   normalizer.  Then appending text changes only the last pre-token of the
+   and runs its model (BPE, Unigram) inside each pre-token independently, with
+   no normalizer.  Then appending text changes only the last pre-token of the
    prefix, so ``C0`` (the tokens of the earlier pre-tokens) starts every
    candidate's tokenization.  A tokenizer with a normalizer or without a
-   pre-tokenizer is refused (:class:`SearchUnsupported`).
-2. **Token texts.** Each vocabulary token decodes on its own to the text it
-   covers (true for byte-level decoders).  Tokens that decode to a partial
-   UTF-8 sequence are left out of the search, so formats must use characters
-   that some token spells whole (all ASCII formats).  The canary's own
-   canonical path is checked to be a path of the search before starting; if
-   it is not, the search refuses rather than guess.
+   pre-tokenizer is refused (:class:`SearchUnsupported`, with the reason).
+2. **Token texts.** Each vocabulary token spells, after other text, the text
+   it covers; it is read by decoding it after a one-letter anchor piece, since
+   SentencePiece-style decoders drop the leading space of a whole sequence.
+   Tokens that decode to a partial UTF-8 sequence (byte-fallback pieces of a
+   multi-byte character) are left out, so formats must use characters that
+   some token spells whole (all ASCII formats).  The canary's own canonical
+   path is checked to be a path of the search before starting; if it is not,
+   the search refuses rather than guess.
+
+Per tokenizer family (each tested in tests/test_tokenizer_families.py against
+full enumeration, or for the refusal):
+
+* byte-level BPE (GPT-2, RoBERTa), tiktoken-style regex ``Split`` + ByteLevel
+  (cl100k, Llama-3), digit groups ``\\p{N}{1,3}`` (Llama-3) and one digit per
+  token (``Digits(individual_digits=True)`` in a Sequence: SmolLM2, Qwen):
+  exact.  With one digit per token a digit secret's trie is 10 children per
+  level; each model call expands ``batch_size`` nodes at once (the cheapest
+  nodes first, so whole levels of the top of the trie per call).
+* SentencePiece-style Metaspace that splits words (T5-style Unigram, byte
+  fallback): exact (pre-tokens are words, as for byte-level).
+* SentencePiece-style Metaspace that does not split (transformers' Llama-2 /
+  Mistral conversion, ``legacy`` True or False): the whole text is one BPE
+  word, but when no vocabulary piece holds ``▁`` after another character, no
+  merge can join text across the start of a run of spaces, so the last run
+  starts the unstable tail: exact.  Otherwise refused.
+* Normalizer-based SentencePiece conversions (``Prepend("▁")`` +
+  ``Replace(" ", "▁")``, as transformers 4 wrote Llama-2's tokenizer.json),
+  and any Unicode normalizer: refused; the engine falls back to the
+  reference-based estimate and reports why.
 
 Budgets: ``max_rank`` stops as soon as ``max_rank`` members are known to beat
 the canary (its rank is then only bounded: ``> max_rank``); ``max_expansions``
-bounds the nodes expanded (model rows).  Either way the result says
+bounds the nodes expanded (model rows); ``max_seconds`` the wall clock
+(``stopped="time"``, checked between model calls).  Either way the result says
 ``exact=False`` with ``rank`` a lower bound and ``exposure`` an upper bound,
 and the engine falls back to extrapolation.
 """
@@ -84,6 +107,7 @@ from scrubber.exposure.scoring import (
     resolve_dtype,
     score_candidates,
 )
+from scrubber.context import start_ids
 from scrubber.exposure.tokens import _encode, _fallback_start_token, secret_tokens
 
 DEFAULT_MAX_RANK = 10_000
@@ -98,7 +122,7 @@ class SearchUnsupported(ValueError):
 
 
 class SearchBudgetExceeded(RuntimeError):
-    """The search stopped before it could prove the rank (``max_rank`` or ``max_expansions``)."""
+    """The search stopped before it could prove the rank (``max_rank``, ``max_expansions`` or ``max_seconds``)."""
 
 
 @dataclass(frozen=True)
@@ -118,7 +142,7 @@ class SearchResult:
     score_bits: float
     max_exposure: float
     found: int  # members other than the secret proven to score <= it
-    stopped: str | None = None  # None, "max_rank" or "max_expansions"
+    stopped: str | None = None  # None, "max_rank", "max_expansions" or "time"
 
 
 # -- vocabulary as a character trie ---------------------------------------------
@@ -134,10 +158,13 @@ class _VocabTrie:
         self.root: list = [{}, []]
         self.text: dict[int, str] = {}
         self.max_len = 0
-        for piece, tid in backend.get_vocab(with_added_tokens=False).items():
+        vocab = backend.get_vocab(with_added_tokens=False)
+        anchor = _anchor_piece(vocab, special)
+        head = decoder.decode([anchor]) if decoder is not None and anchor is not None else None
+        for piece, tid in vocab.items():
             if tid in special:
                 continue
-            text = decoder.decode([piece]) if decoder is not None else piece
+            text = _piece_text(decoder, piece, anchor, head)
             if not text or "\ufffd" in text:
                 continue  # partial UTF-8 byte: no whole character to match
             self.text[tid] = text
@@ -146,6 +173,31 @@ class _VocabTrie:
             for ch in text:
                 node = node[0].setdefault(ch, [{}, []])
             node[1].append(tid)
+
+
+def _anchor_piece(vocab: dict[str, int], special: set[int]) -> str | None:
+    """A plain one-letter piece to decode other pieces after (see :func:`_piece_text`)."""
+    for ch in "aeiostnrlAEIOST":
+        if ch in vocab and vocab[ch] not in special:
+            return ch
+    return None
+
+
+def _piece_text(decoder, piece: str, anchor: str | None, head: str | None) -> str:
+    """The text ``piece`` adds when it follows other text.
+
+    Decoded after an anchor letter, not alone: SentencePiece-style decoders
+    (Metaspace, or Replace + Strip) drop the leading space of a *sequence*, so
+    ``▁7`` alone reads ``7`` although it spells `` 7`` after the prefix.
+    Byte-level decoders give the same text either way.
+    """
+    if decoder is None:
+        return piece
+    if anchor is not None and head is not None:
+        both = decoder.decode([anchor, piece])
+        if both.startswith(head):
+            return both[len(head):]
+    return decoder.decode([piece])
 
 
 _TRIES: "weakref.WeakKeyDictionary[object, _VocabTrie]" = weakref.WeakKeyDictionary()
@@ -219,17 +271,65 @@ class _Space:
         return out
 
 
+def _pre_tokenizers(pre) -> list:
+    """The components of a (possibly nested) Sequence pre-tokenizer, in order."""
+    out, i = [], 0
+    if type(pre).__name__ != "Sequence":
+        return [pre]
+    while True:
+        try:
+            part = pre[i]
+        except Exception:  # the Rust Sequence raises its own error past the end
+            return out
+        out += _pre_tokenizers(part)
+        i += 1
+
+
+def _unsplit_metaspace(backend) -> bool:
+    """True for a Metaspace pre-tokenizer that keeps the whole text one piece (Llama-2 conversion)."""
+    return any(
+        type(p).__name__ == "Metaspace" and not getattr(p, "split", True)
+        for p in _pre_tokenizers(backend.pre_tokenizer)
+    )
+
+
+def _space_run_start(prefix: str) -> int:
+    """Start of the last run of spaces in ``prefix`` (0 when it has none)."""
+    i = prefix.rfind(" ")
+    if i < 0:
+        return 0
+    while i > 0 and prefix[i - 1] == " ":
+        i -= 1
+    return i
+
+
 def _stable_prefix(tokenizer: PreTrainedTokenizerBase, prefix: str) -> int:
     """Character offset ``a`` such that appending text never changes ``prefix[:a]``'s tokens."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None or not getattr(tokenizer, "is_fast", False):
         raise SearchUnsupported("search needs a fast (Rust) tokenizer")
     if backend.normalizer is not None:
-        raise SearchUnsupported("search assumes a tokenizer without a normalizer (byte-level BPE)")
+        raise SearchUnsupported(
+            f"search assumes a tokenizer without a normalizer; this one has {type(backend.normalizer).__name__} "
+            "(SentencePiece conversions that prepend/replace '\u2581' in a normalizer, or Unicode normalization) "
+            "and appended text may change how the prefix normalizes"
+        )
     if backend.pre_tokenizer is None:
-        raise SearchUnsupported("search assumes a pre-tokenizer that splits text into words")
+        raise SearchUnsupported("search assumes a pre-tokenizer that splits text into words; this one has none")
     if not prefix:
         return 0
+    if _unsplit_metaspace(backend):
+        # The whole text is one BPE word. A piece never holds '▁' after another character, so no
+        # merge joins text across the start of a space run: the last run starts the unstable tail.
+        bad = next(
+            (p for p in backend.get_vocab(with_added_tokens=False) if "\u2581" in p.lstrip("\u2581")), None
+        )
+        if bad is not None:
+            raise SearchUnsupported(
+                "search needs word boundaries: this Metaspace tokenizer does not split words and its "
+                "vocabulary has pieces that run across a space, so appended text may re-tokenize the prefix"
+            )
+        return _space_run_start(prefix)
     pieces = backend.pre_tokenizer.pre_tokenize_str(prefix)
     if not pieces:
         return 0
@@ -251,18 +351,24 @@ def search_rank(
     batch_size: int = 256,
     dtype: DType = None,
     slack_bits: float = DEFAULT_SLACK_BITS,
+    max_seconds: float | None = None,
 ) -> SearchResult:
     """Exact rank of ``secret`` in ``fmt``'s space R after ``prefix``, by best-first search.
 
     ``batch_size`` nodes are expanded per model call (their next-token
-    distributions computed at once); ``max_rank`` and ``max_expansions`` bound
-    the work (see the module docstring for the exactness argument and budgets).
+    distributions computed at once); ``max_rank``, ``max_expansions`` and
+    ``max_seconds`` (wall clock, checked between model calls; ``None``: no
+    limit) bound the work (see the module docstring for the exactness argument
+    and budgets).
     """
     t0 = time.perf_counter()
     if not fmt.matches(secret):
         raise ValueError(f"the secret does not match format {fmt.name!r}")
     if max_rank < 1 or max_expansions < 1 or batch_size < 1:
         raise ValueError("max_rank, max_expansions and batch_size must be at least 1")
+    if max_seconds is not None and not max_seconds > 0:
+        raise ValueError(f"max_seconds must be positive or None, got {max_seconds!r}")
+    deadline = None if max_seconds is None else t0 + max_seconds
     a = _stable_prefix(tokenizer, prefix)
     u = prefix[a:]
     trie = _vocab_trie(tokenizer)
@@ -272,7 +378,7 @@ def search_rank(
     enc = _encode(tokenizer, [prefix + secret])[0]
     ids, offsets, special = list(enc.ids), list(enc.offsets), list(enc.special_tokens_mask)
     cut = next((i for i, (o, sp) in enumerate(zip(offsets, special)) if not sp and o[1] > a), len(ids))
-    c0 = tuple(ids[:cut])
+    c0 = tuple(start_ids(tokenizer)) + tuple(ids[:cut])  # the document start, as in scoring
     rest = [t for t, sp in zip(ids[cut:], special[cut:]) if not sp]
     if "".join(trie.text.get(t, "\ufffd") for t in rest) != u + secret:
         raise SearchUnsupported(
@@ -324,6 +430,9 @@ def search_rank(
         while heap and heap[0][0] <= limit:
             if expanded >= max_expansions:
                 stopped = "max_expansions"
+                break
+            if deadline is not None and time.perf_counter() >= deadline:
+                stopped = "time"
                 break
             batch = []
             while heap and heap[0][0] <= limit and len(batch) < batch_size:

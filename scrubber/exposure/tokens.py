@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from transformers import PreTrainedTokenizerBase
+from scrubber.context import start_ids
 
 
 @dataclass(frozen=True)
@@ -84,9 +85,11 @@ def secret_tokens(
     """Locate each candidate's tokens inside ``prefix + candidate`` (one batched tokenizer call).
 
     Special tokens the tokenizer adds (a leading BOS) stay in the context; a
-    trailing EOS is dropped.  When nothing precedes the secret, the context is
-    the tokenizer's BOS (or EOS) so the first secret token has something to be
-    predicted from.  Requires a fast tokenizer (offset mappings).
+    trailing EOS is dropped.  A tokenizer that adds no BOS gets the document-start
+    token training put there (:func:`scrubber.context.start_ids`: BOS, else EOS):
+    without it a T5-style tokenizer's model scored a pin it recites about 14 bits
+    too high, because it was asked about a context it never saw.  Requires a fast
+    tokenizer (offset mappings).
     """
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError("exposure scoring needs a fast tokenizer (offset mappings)")
@@ -98,10 +101,12 @@ def secret_tokens(
     encodings = _encode(tokenizer, [prefix + c for c in candidates])
     out: list[SecretTokens] = []
     fallback: int | None = None
+    head = start_ids(tokenizer)
     for cand, enc in zip(candidates, encodings):
         context, scored = _split(
             enc.ids, enc.offsets, enc.special_tokens_mask, start, start + len(cand)
         )
+        context = head + list(context)
         if not context:
             if fallback is None:
                 fallback = _fallback_start_token(tokenizer)

@@ -117,8 +117,8 @@ def discover(view: VocabView, cfg) -> list[TokenizerFinding]:
     """Ranked vocabulary findings (at most ``cfg.max_discovery``)."""
     cands: list[_Candidate] = []
     for tok, tid in view.vocab.items():
-        if tid in view.special_ids or tok not in view.merge_rank:
-            continue  # special tokens and the base alphabet carry no learned string
+        if tid in view.special_ids or (view.model_type == "BPE" and tok not in view.merge_rank):
+            continue  # special tokens and the base alphabet carry no learned string (Unigram: no merges)
         text = view.text(tok)
         core = text.strip()
         if len(core) < 3:
@@ -129,7 +129,8 @@ def discover(view: VocabView, cfg) -> list[TokenizerFinding]:
         det, pts, why = shaped
         cands.append(_Candidate(tok, tid, core, det, pts, why))
 
-    groups = sorted((c for c in cands if c.detector == "card_group"), key=lambda c: view.merge_rank[c.token])
+    groups = sorted((c for c in cands if c.detector == "card_group" and c.token in view.merge_rank),
+                    key=lambda c: view.merge_rank[c.token])
     out: list[TokenizerFinding] = []
     for c in cands:
         pts, why = c.points, list(c.reasons)
@@ -139,8 +140,8 @@ def discover(view: VocabView, cfg) -> list[TokenizerFinding]:
             pts += bonus
             why.append(f"built by a chain of {len(chain)} intermediate entr{'y' if len(chain) == 1 else 'ies'} "
                        f"that no other merge uses: learned from one string (+{bonus})")
-        rank = view.merge_rank[c.token]
-        if c.detector == "card_group":
+        rank = view.merge_rank.get(c.token)
+        if c.detector == "card_group" and rank is not None:
             near = [g for g in groups if g is not c and abs(view.merge_rank[g.token] - rank) <= cfg.cluster_window]
             if near:
                 pts += 1

@@ -91,7 +91,7 @@ def scan_tokenizer(
             what.append(f"{n_voc} secret-shaped entr{'y' if n_voc == 1 else 'ies'}")
         advice.append(f"The tokenizer holds {' and '.join(what)} ({len(ids)} vocabulary entries).")
         advice.append(ADVICE_RETRAIN)
-        advice.append(ADVICE_DROP if view.kind != "plain" or view.merges else
+        advice.append(ADVICE_DROP if view.merges else  # removal edits merges: none for Unigram
                       "Token removal is not available for this tokenizer: retrain it.")
     else:
         advice.append("No vocabulary entry holds secret pieces beyond what random same-format values get; "

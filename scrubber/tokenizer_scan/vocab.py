@@ -1,4 +1,4 @@
-"""A read-only view of a fast BPE tokenizer's vocabulary and merge list.
+"""A read-only view of a fast BPE (or Unigram) tokenizer's vocabulary and merge list.
 
 Everything the scan needs comes from ``tokenizer.json`` (``backend_tokenizer``):
 the vocabulary (token string -> id), the merges in rank order, and how a token
@@ -79,17 +79,24 @@ class VocabView:
     merges: list[tuple[str, str]]
     special_ids: set[int] = field(default_factory=set)
     continuing_prefix: str = ""
+    model_type: str = "BPE"  # "BPE" | "Unigram" (no merges: learned entries are every non-base piece)
 
     # -- construction -------------------------------------------------------
     @classmethod
     def from_tokenizer(cls, tokenizer: Any) -> "VocabView":
         data = backend_json(tokenizer)
         model = data.get("model") or {}
-        if model.get("type") != "BPE":
+        if model.get("type") == "Unigram":
+            # SentencePiece unigram (T5, ALBERT, XLNet): a scored piece list, no merges
+            vocab = {str(entry[0]): i for i, entry in enumerate(model.get("vocab") or [])}
+            merges: list = []
+        elif model.get("type") == "BPE":
+            vocab = dict(model.get("vocab") or {})
+            merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model.get("merges") or []]
+        else:
             raise TokenizerScanError(
-                f"the tokenizer scan reads BPE tokenizers; this one is {model.get('type') or 'unknown'}"
+                f"the tokenizer scan reads BPE and Unigram tokenizers; this one is {model.get('type') or 'unknown'}"
             )
-        merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model.get("merges") or []]
         comps = []
         for key in ("normalizer", "pre_tokenizer", "decoder"):
             comps += _walk(data.get(key))
@@ -103,7 +110,7 @@ class VocabView:
             kind = "plain"
         special = {int(t["id"]) for t in data.get("added_tokens") or []}
         return cls(
-            data=data, kind=kind, vocab=dict(model.get("vocab") or {}), merges=merges, special_ids=special,
+            data=data, kind=kind, vocab=vocab, merges=merges, special_ids=special, model_type=model["type"],
             continuing_prefix=model.get("continuing_subword_prefix") or "",
         )
 
