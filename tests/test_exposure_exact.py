@@ -203,3 +203,28 @@ def test_methods_agree_on_trained_model(memorizing_model, tiny_tokenizer):
         assert ip.ci_low <= exact <= ip.ci_high, (target, exact, ip)
         assert xp.ci_low - 0.25 <= exact <= xp.ci_high + 0.25, (target, exact, xp)
         assert abs(xp.exposure - exact) < 1.5
+
+
+# -- adaptive reference counts (sequential estimation) --------------------------
+
+
+def test_reference_schedule_doubles_to_the_maximum():
+    from scrubber.exposure.engine import reference_schedule
+
+    assert reference_schedule(1000) == [32, 64, 128, 256, 512, 1000]
+    assert reference_schedule(64) == [32, 64] and reference_schedule(10) == [10]
+
+
+def test_adaptive_stops_early_for_an_unexposed_canary_on_a_prefix_of_the_same_list(tiny_gpt2, tiny_tokenizer):
+    # an untrained model: the canary is an ordinary member of R, found out after the first look
+    c = _canary(cid="plain", fmt="digits6", secret="503117")
+    refs = references_for(c, 1000, seed=0)
+    full = measure_exposure(tiny_gpt2, tiny_tokenizer, c, references=refs, max_rank=0)
+    quick = measure_exposure(tiny_gpt2, tiny_tokenizer, c, references=refs, max_rank=0, adaptive=True)
+    assert full.n_references == 1000 and full.references_stop is None and full.exposure < 4.0
+    assert quick.references_stop == "unexposed" and quick.n_references == 32 and quick.n_references_max == 1000
+    assert quick.ci_high < 4.0 + 1.0  # the reported (nominal-level) interval agrees: plainly unexposed
+    # like with like: exactly what the plain protocol gives on the list's first 32 references
+    prefix_only = measure_exposure(tiny_gpt2, tiny_tokenizer, c, references=refs[:32], max_rank=0)
+    assert quick.exposure == pytest.approx(prefix_only.exposure, abs=1e-9)
+    assert quick.reference_scores == pytest.approx(full.reference_scores[:32], abs=1e-4)

@@ -11,19 +11,32 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from canaries.formats import SecretFormat
+from scrubber.budget import Budget
 from scrubber.exposure.scoring import DType, Progress, score_candidates
 
 DEFAULT_EXACT_LIMIT = 100_000
 
 # Members tokenized and scored per call: bounds memory for limits far above the default.
 _CHUNK = 65_536
+# Under a budget the first chunk is small, so the cost of the rest is predicted early.
+_FIRST_BUDGETED_CHUNK = 1_024
+
+
+class ExactBudgetExceeded(RuntimeError):
+    """Enumerating R would not fit the budget; raised as soon as that is predicted."""
+
+    def __init__(self, message: str, *, done: int, total: int, predicted_seconds: float | None,
+                 predicted_flops: float | None) -> None:
+        super().__init__(message)
+        self.done, self.total = done, total
+        self.predicted_seconds, self.predicted_flops = predicted_seconds, predicted_flops
 
 
 @dataclass(frozen=True)
@@ -42,9 +55,19 @@ def exact_rank(secret_score: float, other_scores: np.ndarray) -> int:
     return 1 + int(np.count_nonzero(np.asarray(other_scores) <= secret_score))
 
 
-def _chunks(it: Iterator[str], size: int) -> Iterator[list[str]]:
-    while chunk := list(itertools.islice(it, size)):
-        yield chunk
+def _check_fits(budget: Budget, done: int, total: int, seconds_each: float, flops_each: float) -> None:
+    left = total - done
+    need_s, need_f = seconds_each * left, flops_each * left
+    broken = budget.fits(seconds=need_s, flops=need_f)
+    if broken is None:
+        return
+    need = f"≈ {need_s:.0f} s" if broken == "time" else f"≈ {need_f:.2g} FLOPs"
+    raise ExactBudgetExceeded(
+        f"enumerating the remaining {left:,} of {total:,} members needs {need}, over the "
+        f"{budget.describe()} budget",
+        done=done, total=total,
+        predicted_seconds=need_s if seconds_each else None, predicted_flops=need_f if flops_each else None,
+    )  # fmt: skip
 
 
 def exact_exposure(
@@ -59,6 +82,8 @@ def exact_exposure(
     dtype: DType = None,
     progress: Progress | None = None,
     scorer: Callable[..., np.ndarray] = score_candidates,
+    budget: Budget | None = None,
+    flops_per_member: float = 0.0,
 ) -> ExactExposure:
     """Score all of R (``fmt.size <= limit``) and rank ``secret`` among it.
 
@@ -66,6 +91,12 @@ def exact_exposure(
     compared with the others under identical batching and arithmetic.
     ``scorer`` (signature of :func:`score_candidates`) lets a caller shard the
     work, e.g. :func:`scrubber.exposure.distributed.sharded_scorer`.
+
+    Under a ``budget`` the members are scored in growing chunks (the first of
+    1,024); after each, the time (at the rate measured so far) and FLOPs
+    (``flops_per_member`` each, charged to the budget) of the rest are
+    predicted, and :class:`ExactBudgetExceeded` is raised as soon as they do
+    not fit, instead of after the budget is gone.
     """
     if not fmt.matches(secret):
         raise ValueError(f"the secret does not match format {fmt.name!r}")
@@ -76,7 +107,13 @@ def exact_exposure(
         )
     scores = np.empty(total, dtype=np.float64)
     done = 0
-    for chunk in _chunks(fmt.enumerate(), _CHUNK):
+    bounded = budget is not None and budget.bounded
+    if bounded and flops_per_member > 0:
+        _check_fits(budget, 0, total, 0.0, flops_per_member)
+    t0 = budget.elapsed if bounded else 0.0
+    size = _FIRST_BUDGETED_CHUNK if bounded else _CHUNK
+    members = fmt.enumerate()
+    while chunk := list(itertools.islice(members, size)):
         offset = done
 
         def report(n: int, _: int, offset: int = offset) -> None:
@@ -87,6 +124,11 @@ def exact_exposure(
             model, tokenizer, prefix, chunk, batch_size=batch_size, dtype=dtype, progress=report
         )
         done += len(chunk)
+        if bounded:
+            budget.charge(flops_per_member * len(chunk))
+            if done < total:
+                _check_fits(budget, done, total, (budget.elapsed - t0) / done, flops_per_member)
+            size = min(_CHUNK, 4 * size)
     idx = fmt.index_of(secret)
     own = float(scores[idx])
     others = np.delete(scores, idx)
