@@ -14,9 +14,9 @@ The reference only ever scores the fixed forget sequences, so their reference
 log-likelihoods are computed once, before the first step, instead of keeping
 a second model in memory: the same numbers a frozen copy would give.
 
-``retain_weight`` > 0 adds ``retain_weight · NLL(retain)`` (NPO+RT;
-open-unlearning's NPO uses 1.0). The default 0 is NPO itself, so this row and
-``graddiff`` show the forget objective and the retain term separately.
+``retain_weight · NLL(retain)`` is added (open-unlearning's NPO recipe:
+``configs/trainer/NPO.yaml`` uses ``alpha = 1.0`` on the retain NLL); 0 gives
+bare NPO, which nobody would deploy: without the retain term it breaks the model.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def npo(
     *,
     config: BaselineConfig | None = None,
     beta: float = BETA,
-    retain_weight: float = 0.0,
+    retain_weight: float = 1.0,
 ) -> UpdateResult:
     """NPO over ``task.pairs`` against the model as it is on entry. ``settings`` is unused."""
     config = config or BaselineConfig()
