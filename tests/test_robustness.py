@@ -1,0 +1,97 @@
+"""The relearning probe catches a scrub the secret comes back from; the clean twin is not flagged.
+
+Measured on this fixture (2-layer GPT-2, card seen 30 times, 30 probe steps at lr 5e-4): the
+default iterative scrub left the card at 1.8 bits on the probe's references, and the probe
+brought it back to a peak of 6.8 bits while the clean twin stayed at 0.9: the scrub is
+shallow there. The twin probed against itself regains nothing.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from canaries import Canary
+from conftest import CARD_PREFIX, CARD_SECRET, corpus_texts, write_card_canary
+from scrubber.cli import app
+from scrubber.robustness import RelearnSettings, relearn_probe, relearn_texts, ripple_check
+
+CANARY = Canary(id="card", prefix=CARD_PREFIX, secret=CARD_SECRET, format="credit_card",
+                documents=[CARD_PREFIX + CARD_SECRET] * 30)
+SUB = {"card": "4539 1488 0343 6460"}
+
+
+@pytest.fixture(scope="module")
+def twin_dir(tmp_path_factory, tiny_tokenizer):
+    """The card model's recipe without the card: what "never seen" looks like."""
+    from scrubber.training.model_factory import small_causal_lm
+    from scrubber.training.train import TrainConfig, train_causal_lm
+
+    tok = tiny_tokenizer
+    model = small_causal_lm(len(tok), n_layer=2, d_model=32, n_head=2, bos_token_id=tok.eos_token_id,
+                            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    train_causal_lm(model, tok, corpus_texts()[:40], TrainConfig(epochs=3, batch_size=8, block_size=64, lr=5e-3))
+    d = tmp_path_factory.mktemp("twin") / "model"
+    model.save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def scrubbed_dir(card_model, tmp_path_factory):
+    model_dir, heldout = card_model
+    tmp = tmp_path_factory.mktemp("scrubbed")
+    canaries = write_card_canary(tmp / "c.jsonl")
+    others = write_card_canary(tmp / "others.jsonl", id="other-card", secret="4716 2055 8123 9904")
+    r = CliRunner().invoke(app, ["scrub", str(model_dir), "--canaries", str(canaries), "--out", str(tmp / "out"),
+                                 "--eval-data", str(heldout), "--n-references", "100", "--no-tokenizer-scan",
+                                 "--ripple-canaries", str(others), "--allow-partial", "-q"])
+    assert r.exit_code == 0, r.output
+    return tmp / "out"
+
+
+def test_probe_leaves_the_judged_model_untouched_and_the_twin_regains_nothing(twin_dir, tiny_tokenizer):
+    from scrubber.models import load_model
+
+    twin = load_model(twin_dir)
+    before = {k: v.clone() for k, v in twin.model.state_dict().items()}
+    res = relearn_probe(twin.model, twin.tokenizer, [CANARY], relearn_texts([CANARY], SUB, corpus_texts()[:40]),
+                        RelearnSettings(steps=30), reference=(twin.model, twin.tokenizer))
+    assert all(torch.equal(before[k], v) for k, v in twin.model.state_dict().items())
+    curve = res.curves["card"]
+    assert curve.steps == [0, 5, 10, 15, 20, 25, 30]
+    assert abs(res.excess("card")) < 0.5  # the same probe on the same model: no excess
+    assert curve.regained < 1.0 and not curve.extracted_at_end
+    assert res.flagged(3.0) == []
+
+
+def test_check_scrub_flags_a_scrub_the_secret_comes_back_from(card_model, scrubbed_dir, twin_dir, tmp_path):
+    model_dir, heldout = card_model
+    canaries = write_card_canary(tmp_path / "c.jsonl")
+    target = tmp_path / "check.json"
+    r = CliRunner().invoke(app, ["check-scrub", str(model_dir), str(scrubbed_dir), "--canaries", str(canaries),
+                                 "--eval-data", str(heldout), "--reference-model", str(twin_dir),
+                                 "--fail-on-relearn", "3", "--n-references", "100", "--report", str(target), "-q"])
+    rep = json.loads(target.read_text())
+    curve = rep["robustness"]["curves"][0]
+    assert curve["reference_exposures"] is not None and len(curve["exposures"]) == 7
+    assert curve["excess"] > 3.0, curve  # measured 5.9 bits above the twin under the same probe
+    assert rep["robustness"]["flagged"] == ["card"] and rep["verdict"]["relearned"] == ["card"]
+    assert r.exit_code == 1 and "relearned" in r.stderr
+    assert CARD_SECRET not in r.output + target.read_text()
+
+
+def test_ripple_counts_only_rises_beyond_the_intervals():
+    rip = ripple_check({"a": (2.0, 3.0), "b": (2.0, 3.0)}, {"a": (9.0, 6.0), "b": (4.0, 3.5)})
+    assert [x.rose for x in rip] == [True, False]
+
+
+def test_scrub_reports_the_ripple_on_other_canaries(scrubbed_dir):
+    rep = json.loads((scrubbed_dir / "report.json").read_text())
+    (row,) = rep["robustness"]["ripple"]
+    assert row["canary_id"] == "other-card"
+    assert row["before"] < 10 and not row["rose"]  # a card the model never saw stays unremarkable
+    assert rep["robustness"]["steps"] == 0 and rep["robustness"]["curves"] == []
