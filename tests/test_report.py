@@ -1,12 +1,13 @@
-"""Report schema and writers: contract keys, formats, masking, SARIF shape, HTML render."""
+"""Report schema and writers: contract keys, formats, masking, SARIF shape, HTML render in a browser."""
 
 from __future__ import annotations
 
+import base64
+import io
 import json
+import os
 import random
 import re
-import shutil
-import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -32,6 +33,9 @@ from scrubber.report.json_report import DOCS_SCHEMA_PATH, render_json_schema
 from scrubber.report.markdown import md_escape, render_markdown
 from scrubber.report.sarif import SARIF_SCHEMA, build_sarif
 from scrubber.report.write import report_paths
+
+from browser import chromium_or_skip, load_page
+from test_cli_scrub import SECRET, _canary_file, trained_dir  # noqa: F401  (trained_dir is a fixture)
 
 RAW_CARD = "4532 7153 3790 1241"
 RAW_PASSWORD = "hX7|qZ2*pL"
@@ -127,7 +131,8 @@ def test_json_contract_keys(written):
     assert data["scrub"]["method"] == "first-order" and data["scrub"]["seconds"] == 1.3
     assert "reference_scores" not in card["before"], "plot-only field must stay out of the JSON"
     assert data["created"].startswith("2025-01-02T03:04:05")
-    assert data["gate"] == {"fail_above": 10.0, "failed": True, "offenders": ["pw-4", "finding-1"]}
+    assert {k: data["gate"][k] for k in ("fail_above", "failed", "offenders", "bits_offenders")} == {
+        "fail_above": 10.0, "failed": True, "offenders": ["pw-4", "finding-1"], "bits_offenders": ["pw-4", "finding-1"]}
     back = load_report(written["json"])
     assert back.canaries[0].after.exposure == 1.2 and back.canaries[0].before.reference_scores is None
 
@@ -158,7 +163,7 @@ def test_markdown_tables(written):
     assert header in md
     assert re.search(r"\| 🟢 card-16 \| credit\\_card \| .* \| 16 \| 49\.8 \| 33\.1 \(31\.6–34\.6\) \| extrapolated "
                      r"\| 1\.2 \(-0\.3–2\.7\) \| yes / no \|", md)
-    assert "**Verdict:** FAILED: 2 items above 10 bits" in md
+    assert "**Gate:** FAILED: 2 items above 10 bits" in md
     assert "### Findings" in md and "### Tokenizer" in md
     assert "23.41 → 23.97 (\\+2.39%) on 12,345 tokens." in md
     assert "Scrub: first-order on transformer.h.\\*.mlp.\\*" in md
@@ -248,36 +253,75 @@ def test_unknown_format_and_atomicity(tmp_path):
         write_reports(build_report(), tmp_path / "r", ["json", "xml"])
     assert not list(tmp_path.iterdir()), "a bad format list must write nothing"
     (tmp_path / "report.json").write_text("old")
-    paths = write_reports(build_report(), tmp_path, ["JSON", "json"])  # a directory as out_base
+    with pytest.raises(ValueError, match="is a directory"):  # never silently inside a directory
+        write_reports(build_report(), tmp_path, ["json"])
+    assert (tmp_path / "report.json").read_text() == "old"
+    paths = write_reports(build_report(), tmp_path / "report", ["JSON", "json"])
     assert list(paths) == ["json"] and paths["json"] == tmp_path / "report.json"
     assert json.loads(paths["json"].read_text())["schema_version"] == "1.0"
     assert report_paths(tmp_path / "x" / "scan", ["md"]) == {"md": tmp_path / "x" / "scan.md"}
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-_CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+@pytest.fixture(scope="module")
+def scrubbed_html(trained_dir, tmp_path_factory) -> Path:
+    """The HTML report of a real CLI scrub of the tiny model that memorized the card."""
+    from typer.testing import CliRunner
+
+    from scrubber.cli import app
+
+    model_dir, heldout = trained_dir
+    tmp = tmp_path_factory.mktemp("scrubbed")
+    out = tmp / "scrubbed"
+    r = CliRunner().invoke(app, ["scrub", str(model_dir), "--canaries", str(_canary_file(tmp / "c.jsonl")),
+                                 "--out", str(out), "--eval-data", str(heldout), "--n-references", "200",
+                                 "--format", "json", "--format", "html", "-q"])
+    assert r.exit_code == 0, r.output
+    return out / "report.html"
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)")
-def test_html_renders_in_headless_chromium(written, tmp_path):
-    """The page loads, every plot decodes to a real image, and a screenshot is drawn."""
-    page = written["html"].read_text()
-    # a probe copy: drop the CSP (it forbids scripts) and count decoded images after load
-    probe = re.sub(r'<meta http-equiv="Content-Security-Policy"[^>]*>', "", page).replace(
-        "</body>", "<script>addEventListener('load',()=>{document.body.dataset.decoded="
-        "[...document.images].filter(i=>i.complete&&i.naturalWidth>100).length})</script></body>")
-    probe_path = tmp_path / "probe.html"
-    probe_path.write_text(probe)
-    shot = tmp_path / "shot.png"
-    base = [CHROMIUM, *_CHROME_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
-    dom = subprocess.run([*base, "--virtual-time-budget=3000", "--dump-dom", probe_path.as_uri()],
-                         capture_output=True, text=True, timeout=60)
-    assert 'data-decoded="4"' in dom.stdout, dom.stderr[-2000:]
-    subprocess.run([*base, "--window-size=1200,1600", f"--screenshot={shot}", written["html"].as_uri()],
-                   capture_output=True, timeout=60, check=True)
-    png = shot.read_bytes()
-    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+def _screenshot_path(tmp_path: Path) -> Path:
+    """Under $CI_ARTIFACTS when CI collects artefacts there, else the test's tmp dir."""
+    base = Path(os.environ["CI_ARTIFACTS"]) if os.environ.get("CI_ARTIFACTS") else tmp_path
+    base.mkdir(parents=True, exist_ok=True)
+    return base / "report-scrub.png"
+
+
+def test_scrub_report_renders_in_headless_chromium(scrubbed_html, tmp_path, capsys):
+    """A real scrub's page in a real browser: no console/CSP errors, every plot decodes to a
+    sizeable picture, the DOM never holds the raw card, and a screenshot is kept for people."""
+    from PIL import Image
+
+    chromium = chromium_or_skip()
+    page = load_page(chromium, scrubbed_html)
+    path = _screenshot_path(tmp_path)  # saved before any check, so a failing run leaves the picture too
+    path.write_bytes(page.screenshot)
+    with capsys.disabled():
+        print(f"\nscreenshot: {path}")
+    assert page.errors == []
+
+    # one bar chart plus one histogram for the one canary, each decoded by the browser ...
+    assert len(page.images) == 2, page.images
+    for img in page.images:
+        assert img["data"] and img["complete"] and img["width"] >= 300 and img["height"] >= 150, img
+    # ... and by PIL, at the same size, with a picture in it (not one flat colour)
+    payloads = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', scrubbed_html.read_text())
+    assert len(payloads) == 2
+    for data, shown in zip(payloads, page.images):
+        with Image.open(io.BytesIO(base64.b64decode(data))) as im:
+            im.load()
+            assert im.format == "PNG" and im.size == (shown["width"], shown["height"])
+            assert len(im.convert("RGB").getcolors(maxcolors=1 << 20) or []) > 20
+
+    report = json.loads(scrubbed_html.with_suffix(".json").read_text())
+    c = report["canaries"][0]
+    assert c["after"]["exposure"] < c["before"]["exposure"] - 4  # a real scrub (measured 9.4 -> 3.3 bits)
+    assert "**** **** **** 6467" in page.text and "card" in page.text
+    dom = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", page.html)
+    for raw in (SECRET, SECRET.replace(" ", ""), SECRET[:14], SECRET[5:14]):
+        assert raw not in page.text and raw not in dom, f"raw secret piece {raw!r} in the rendered page"
+
+    with Image.open(io.BytesIO(page.screenshot)) as shot:
+        assert shot.width >= 1100 and shot.height > 900  # the whole page (less a scrollbar), past one viewport
 
 
 def test_gate_counts_current_exposure_and_flagged_tokenizer_entries():
