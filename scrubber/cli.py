@@ -7,7 +7,6 @@ error (a one-line message on stderr, never a traceback, nothing written).
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -28,7 +27,7 @@ app = typer.Typer(
 ConfigOpt = typer.Option(None, "--config", help="YAML file whose keys mirror these options.")
 CanariesOpt = typer.Option(None, "--canaries", help="Canary file (JSON Lines: id, prefix, secret, format, ...).")
 EvalOpt = typer.Option(None, "--eval-data", help="Held-out text for perplexity: .txt, .jsonl (text field) or a saved datasets dir.")
-ReportOpt = typer.Option(None, "--report", help="Report base path: writes BASE.json, BASE.md, ...")
+ReportOpt = typer.Option(None, "--report", help="Report path: out/scan.json is written as given (format from the extension); a bare base writes BASE.json, BASE.md, ...")
 FormatOpt = typer.Option(None, "--format", help="Report format(s): json, md, html, sarif (repeatable).")
 RevealOpt = typer.Option(None, "--reveal/--no-reveal", help="Show secrets unmasked in reports.")
 FailOpt = typer.Option(None, "--fail-above", help="CI gate: exit 1 if any exposure exceeds BITS.")
@@ -38,6 +37,42 @@ SeedOpt = typer.Option(None, "--seed", help="Seed for references and substitutes
 PickleOpt = typer.Option(None, "--allow-pickle/--no-allow-pickle", help="Allow pickle weights (can run code).")
 RemoteOpt = typer.Option(None, "--trust-remote-code/--no-trust-remote-code", help="Allow custom model code.")
 DeviceOpt = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:1, ...")
+DTypeOpt = typer.Option(None, "--dtype", help="float32 (default), bfloat16 or float16 for loading, scoring and updates.")
+ExpSecondsOpt = typer.Option(
+    None, "--exposure-seconds", help="Time budget per canary for exposure, seconds (default 10; beyond it: extrapolated, reason in the report).")
+AdaptiveOpt = typer.Option(
+    None, "--adaptive-references/--all-references",
+    help="Stop scoring references once the interval is decisive (default), or always score --n-references.")
+ThreadsOpt = typer.Option(None, "--threads", help="CPU threads for torch (default: 1 below 20M parameters).")
+TokScanOpt = typer.Option(None, "--tokenizer-scan/--no-tokenizer-scan", help="Scan the vocabulary for secret pieces (default on).")
+RobustOpt = typer.Option(
+    None, "--robustness/--no-robustness",
+    help="After the scrub, fine-tune a copy briefly on cleaned data and re-measure (relearning probe).")
+RelearnStepsOpt = typer.Option(None, "--relearn-steps", help="Steps of the relearning probe (default 30).")
+RelearnLrOpt = typer.Option(None, "--relearn-lr", help="AdamW learning rate of the relearning probe (default 5e-4).")
+ReferenceOpt = typer.Option(
+    None, "--reference-model", help="Clean twin / retrained model: the relearning probe runs on it too.")
+FailRelearnOpt = typer.Option(
+    None, "--fail-on-relearn",
+    help="Verdict fails when the probe lifts a canary more than BITS above the reference (implies --robustness).")
+FailTokOpt = typer.Option(
+    None, "--fail-on-tokenizer/--no-fail-on-tokenizer",
+    help="With --fail-above, flagged tokenizer findings fail the gate too (default on).")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from scrubber.report.schema import tool_version
+
+        typer.echo(f"scrubber {tool_version()}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """Find, measure and remove memorized secrets in Hugging Face causal LMs."""
 
 
 def _run(fn: Callable[[], int]) -> None:
@@ -64,9 +99,10 @@ def _run(fn: Callable[[], int]) -> None:
 
 
 def _progress(quiet: bool):
-    from scrubber.progress import RichProgress, Silent
+    """Bars on a terminal, timestamped lines on a non-terminal stderr (CI logs), nothing with -q."""
+    from scrubber.progress import make_progress
 
-    return Silent() if quiet or not sys.stderr.isatty() and os.environ.get("CI") else RichProgress()
+    return make_progress(quiet)
 
 
 def _finish(report, cfg, default_base: Path | None, quiet: bool,
@@ -74,17 +110,19 @@ def _finish(report, cfg, default_base: Path | None, quiet: bool,
     """Write the reports, print the summary (``summary`` replaces the canary table,
     ``extra`` follows it), and turn the gate into the exit code."""
     from scrubber.report import write_reports
+    from scrubber.report.gate import gate_messages
     from scrubber.summary import print_summary
 
     base = cfg.report or default_base
     if base is not None:
         try:
-            paths = write_reports(report, Path(base), list(cfg.formats))
+            paths = write_reports(report, Path(base), _report_formats(cfg))
         except ValueError as err:
             raise ScrubberError(str(err)) from None
         if not quiet:
             for p in paths.values():
                 typer.echo(f"wrote {p}", err=True)
+    verdict = getattr(report, "verdict", None)
     if not quiet:
         if summary is not None:
             summary()
@@ -95,12 +133,36 @@ def _finish(report, cfg, default_base: Path | None, quiet: bool,
             print_summary(report)
         if extra is not None:
             extra()
+    code = 0
     if report.gate is not None and report.gate.failed:
-        typer.echo(
-            f"gate: {len(report.gate.offenders)} item(s) above {report.gate.fail_above} bits", err=True
-        )
-        return 1
-    return 0
+        for line in gate_messages(report.gate):
+            typer.echo(line, err=True)
+        code = 1
+    if verdict is not None and not verdict.passed:
+        if verdict.allow_partial:
+            typer.echo(f"warning: scrub incomplete (--allow-partial): {verdict.summary}", err=True)
+        else:
+            typer.echo(f"scrub failed: {verdict.summary} (model written for inspection; "
+                       "--allow-partial to exit 0)", err=True)
+            code = 1
+    return code
+
+
+def _report_formats(cfg) -> list[str] | None:
+    """The formats the user asked for; None lets ``--report``'s extension decide."""
+    return list(cfg.formats) if "formats" in cfg.model_fields_set or cfg.report is None else None
+
+
+def _check_report(cfg) -> None:
+    """Refuse a bad --report before any model work, not after minutes of it."""
+    from scrubber.report.write import check_formats, report_paths
+
+    try:
+        check_formats(cfg.formats)
+        if cfg.report is not None:
+            report_paths(Path(cfg.report), _report_formats(cfg))
+    except ValueError as err:
+        raise ScrubberError(str(err)) from None
 
 
 def _overrides(**kw: Any) -> dict[str, Any]:
@@ -141,6 +203,12 @@ def scan(
     allow_pickle: Optional[bool] = PickleOpt,
     trust_remote_code: Optional[bool] = RemoteOpt,
     device: Optional[str] = DeviceOpt,
+    dtype: Optional[str] = DTypeOpt,
+    threads: Optional[int] = ThreadsOpt,
+    tokenizer_scan: Optional[bool] = TokScanOpt,
+    fail_on_tokenizer: Optional[bool] = FailTokOpt,
+    exposure_seconds: Optional[float] = ExpSecondsOpt,
+    adaptive_references: Optional[bool] = AdaptiveOpt,
     config: Optional[Path] = ConfigOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or summary."),
 ) -> None:
@@ -153,7 +221,6 @@ def scan(
         from scrubber.discovery.config import DiscoverScanConfig
         from scrubber.discovery.scan import print_findings, scan_report, write_canary_file
         from scrubber.config import load_config
-        from scrubber.report.write import check_formats
 
         cfg = load_config(DiscoverScanConfig, config, _overrides(
             canaries=canaries, discover=discover, emit_canaries=emit_canaries,
@@ -163,13 +230,12 @@ def scan(
             eval_data=eval_data, report=report, formats=format, reveal=reveal,
             fail_above=fail_above, exposure_method=exposure_method, n_references=n_references,
             seed=seed, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, device=device,
+            dtype=dtype, threads=threads, tokenizer_scan=tokenizer_scan, fail_on_tokenizer=fail_on_tokenizer,
+            exposure_seconds=exposure_seconds, adaptive_references=adaptive_references,
         ))
         if baits:  # --bait extends the YAML list
             cfg.baits = [*cfg.baits, *baits]
-        try:
-            check_formats(cfg.formats)
-        except ValueError as err:
-            raise ScrubberError(str(err)) from None
+        _check_report(cfg)
         discovering = cfg.discover or cfg.canaries is None
         if cfg.emit_canaries is not None:
             if not discovering:
@@ -197,7 +263,10 @@ def scrub(
     canaries: Optional[Path] = CanariesOpt,
     out: Optional[Path] = typer.Option(None, "--out", help="Directory for the scrubbed model (created)."),
     eval_data: Optional[Path] = EvalOpt,
-    retain_data: Optional[Path] = typer.Option(None, "--retain-data", help="Training-like text for the retain term (default: eval data)."),
+    retain_data: Optional[Path] = typer.Option(
+        None, "--retain-data",
+        help="Training-like text: 90% trains the retain term, 10% checks the utility bound (by document). "
+             "Default: --eval-data split by document into evaluation, tune and retain parts."),
     method: Optional[str] = typer.Option(None, "--method", help="iterative (default), first-order, second-order, iau."),
     tau: Optional[float] = typer.Option(None, "--tau", help="Unlearning rate; default: chosen automatically."),
     damping: Optional[float] = typer.Option(None, "--damping", help="Second-order damping lambda."),
@@ -217,13 +286,38 @@ def scrub(
     n_references: Optional[int] = NRefOpt,
     seed: Optional[int] = SeedOpt,
     force: Optional[bool] = typer.Option(None, "--force/--no-force", help="Replace a non-empty --out."),
+    allow_partial: Optional[bool] = typer.Option(
+        None, "--allow-partial/--no-allow-partial",
+        help="Exit 0 even when the verdict says the scrub missed (the report still says so)."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Step budget of iterative updates (default 60)."),
+    max_retain_increase: Optional[float] = typer.Option(
+        None, "--max-retain-increase", help="Utility bound: largest relative rise of held-out loss (default 0.02 = +2%)."),
+    loss_span: Optional[str] = typer.Option(None, "--loss-span", help="secret (default) or sequence: where the edit loss is taken."),
+    lora_rank: Optional[int] = typer.Option(None, "--lora-rank", help="Rank of a new --lora adapter (default 8)."),
+    gradient_checkpointing: Optional[bool] = typer.Option(
+        None, "--gradient-checkpointing/--no-gradient-checkpointing", help="Less memory for updates, more time."),
     allow_pickle: Optional[bool] = PickleOpt,
     trust_remote_code: Optional[bool] = RemoteOpt,
     device: Optional[str] = DeviceOpt,
+    dtype: Optional[str] = DTypeOpt,
+    threads: Optional[int] = ThreadsOpt,
+    fail_on_tokenizer: Optional[bool] = FailTokOpt,
+    robustness: Optional[bool] = RobustOpt,
+    relearn_steps: Optional[int] = RelearnStepsOpt,
+    relearn_lr: Optional[float] = RelearnLrOpt,
+    reference_model: Optional[Path] = ReferenceOpt,
+    fail_on_relearn: Optional[float] = FailRelearnOpt,
+    exposure_seconds: Optional[float] = ExpSecondsOpt,
+    adaptive_references: Optional[bool] = AdaptiveOpt,
+    ripple_canaries: Optional[Path] = typer.Option(
+        None, "--ripple-canaries", help="Other known canaries (not scrubbed): measured before and after, rises reported."),
     config: Optional[Path] = ConfigOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
-    """Scrub the canaries from a model, save it to --out, and report before and after."""
+    """Scrub the canaries from a model, save it to --out, and report before and after.
+
+    Ends with a verdict: exit 0 only when every canary is at or below --target-exposure, none is extracted and the utility bound held; 1 otherwise (model still written), unless --allow-partial; 2 bad input.
+    """
 
     def go() -> int:
         from scrubber import pipeline
@@ -236,14 +330,71 @@ def scrub(
             drop_leaking_tokens=drop_leaking_tokens, tokenizer_scan=tokenizer_scan, report=report, formats=format,
             reveal=reveal, fail_above=fail_above, exposure_method=exposure_method,
             n_references=n_references, seed=seed, force=force, allow_pickle=allow_pickle,
-            trust_remote_code=trust_remote_code, device=device,
+            trust_remote_code=trust_remote_code, device=device, dtype=dtype, threads=threads,
+            fail_on_tokenizer=fail_on_tokenizer, allow_partial=allow_partial, max_steps=max_steps,
+            max_retain_increase=max_retain_increase, loss_span=loss_span, lora_rank=lora_rank,
+            gradient_checkpointing=gradient_checkpointing, robustness=robustness, relearn_steps=relearn_steps, relearn_lr=relearn_lr,
+            reference_model=reference_model, fail_on_relearn=fail_on_relearn, ripple_canaries=ripple_canaries,
+            exposure_seconds=exposure_seconds, adaptive_references=adaptive_references,
         ))
+        _check_report(cfg)
         if cfg.canaries is None:
             raise ScrubberError("scrub needs --canaries FILE")
         if cfg.out is None:
             raise ScrubberError("scrub needs --out DIR")
         outcome = pipeline.scrub(model_dir, cfg, _progress(quiet))
         return _finish(outcome.report, cfg, None, quiet)
+
+    _run(go)
+
+
+@app.command("check-scrub")
+def check_scrub(
+    original: Path = typer.Argument(..., help="The checkpoint before the scrub."),
+    scrubbed: Path = typer.Argument(..., help="The scrubbed checkpoint."),
+    canaries: Optional[Path] = CanariesOpt,
+    eval_data: Optional[Path] = EvalOpt,
+    retain_data: Optional[Path] = typer.Option(None, "--retain-data", help="Clean text for the probe (90%) and the tune part."),
+    reference_model: Optional[Path] = ReferenceOpt,
+    relearn_steps: Optional[int] = RelearnStepsOpt,
+    relearn_lr: Optional[float] = RelearnLrOpt,
+    fail_on_relearn: Optional[float] = FailRelearnOpt,
+    target_exposure: Optional[float] = typer.Option(None, "--target-exposure", help="Bits every canary should be at or below."),
+    allow_partial: Optional[bool] = typer.Option(None, "--allow-partial/--no-allow-partial", help="Exit 0 on a failed verdict."),
+    report: Optional[Path] = ReportOpt,
+    format: Optional[list[str]] = FormatOpt,
+    reveal: Optional[bool] = RevealOpt,
+    n_references: Optional[int] = NRefOpt,
+    seed: Optional[int] = SeedOpt,
+    allow_pickle: Optional[bool] = PickleOpt,
+    trust_remote_code: Optional[bool] = RemoteOpt,
+    device: Optional[str] = DeviceOpt,
+    dtype: Optional[str] = DTypeOpt,
+    threads: Optional[int] = ThreadsOpt,
+    config: Optional[Path] = ConfigOpt,
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Judge a scrub after the fact: original vs scrubbed exposure, non-member test, relearning probe.
+
+    Exit 0 when every canary is at or below --target-exposure in the scrubbed model, none is extracted, the utility bound held and (with --fail-on-relearn) the probe brought none back; 1 otherwise; 2 bad input.
+    """
+
+    def go() -> int:
+        from scrubber import pipeline
+        from scrubber.config import ScrubConfig, load_config
+
+        cfg = load_config(ScrubConfig, config, _overrides(
+            canaries=canaries, eval_data=eval_data, retain_data=retain_data, reference_model=reference_model,
+            relearn_steps=relearn_steps, relearn_lr=relearn_lr, fail_on_relearn=fail_on_relearn,
+            target_exposure=target_exposure, allow_partial=allow_partial, report=report, formats=format,
+            reveal=reveal, n_references=n_references, seed=seed, allow_pickle=allow_pickle,
+            trust_remote_code=trust_remote_code, device=device, dtype=dtype, threads=threads,
+        ))
+        _check_report(cfg)
+        if cfg.canaries is None:
+            raise ScrubberError("check-scrub needs --canaries FILE")
+        rep = pipeline.check_scrub(original, scrubbed, cfg, _progress(quiet))
+        return _finish(rep, cfg, None, quiet)
 
     _run(go)
 
@@ -258,6 +409,8 @@ def demo(
     format: Optional[list[str]] = FormatOpt,
     reveal: Optional[bool] = RevealOpt,
     seed: Optional[int] = SeedOpt,
+    allow_partial: Optional[bool] = typer.Option(
+        None, "--allow-partial/--no-allow-partial", help="Exit 0 even when the scrub's verdict fails."),
     config: Optional[Path] = ConfigOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
@@ -269,9 +422,9 @@ def demo(
 
         cfg = load_config(DemoConfig, config, _overrides(
             out=out, method=method, rebuild=rebuild, force=force, cache_dir=cache_dir, formats=format,
-            reveal=reveal, seed=seed,
+            reveal=reveal, seed=seed, allow_partial=allow_partial,
         ))
-        if cfg.formats == ["json", "md"]:
+        if "formats" not in cfg.model_fields_set:  # the demo's default adds the page with plots
             cfg.formats = ["json", "md", "html"]
         rep = run_demo(cfg, _progress(quiet))
         return _finish(rep, cfg, None, quiet)
@@ -320,7 +473,6 @@ def train(
     def go() -> int:
         from scrubber.audit import TrainAuditConfig, run_train
         from scrubber.config import load_config
-        from scrubber.report.write import check_formats
 
         cfg_path, model_dir = config, model
         if model is not None and model.suffix in (".yaml", ".yml") and model.is_file():
@@ -335,10 +487,7 @@ def train(
             exposure_method=exposure_method, n_references=n_references, seed=seed, force=force,
             allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, device=device,
         ))
-        try:
-            check_formats(cfg.formats)
-        except ValueError as err:
-            raise ScrubberError(str(err)) from None
+        _check_report(cfg)
         rep = run_train(cfg, _progress(quiet))
         return _finish(rep, cfg, Path(cfg.out) / "report", quiet)
 

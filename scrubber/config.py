@@ -19,6 +19,7 @@ ExposureMethod = Literal["auto", "exact", "search", "extrapolated", "interpolate
 ScrubMethod = Literal["first-order", "second-order", "iau", "iterative"]
 SubstituteStrategy = Literal["random", "model", "placeholder"]
 ReportFormat = Literal["json", "md", "html", "sarif"]
+DType = Literal["float32", "bfloat16", "float16"]
 
 
 class _Options(BaseModel):
@@ -31,7 +32,10 @@ class LoadOptions(_Options):
     device: str = "auto"
     """``auto`` picks CUDA when present, else CPU."""
     threads: int | None = Field(None, ge=1)
-    """CPU threads for torch; None = 1 for models under 20M parameters, else torch's default."""
+    """CPU threads for torch; None = 1 for models under 20M parameters or on machines with at
+    most 2 cores, else torch's default."""
+    dtype: DType = "float32"
+    """Weights' dtype for loading, scoring and updates; log-softmax is taken in float32 regardless."""
 
 
 class ExposureOptions(_Options):
@@ -41,15 +45,28 @@ class ExposureOptions(_Options):
     confidence: float = Field(0.95, gt=0, lt=1)
     batch_size: int = Field(256, ge=1)
     seed: int = 0
+    exposure_seconds: float | None = Field(10.0, gt=0)
+    """Time budget per canary for exposure (references, exact enumeration, search), seconds;
+    None = unbounded. The first 32 references are always scored; a search that runs out falls
+    back to the extrapolated estimate and the report says why (``fallback_reason``)."""
+    exposure_flops: float | None = Field(None, gt=0)
+    """Budget per canary in model FLOPs (2 x parameters per token); None = no FLOPs bound."""
+    adaptive_references: bool = True
+    """Stop scoring references once the interval is decisive (n_references is then the maximum);
+    false = always score n_references."""
 
 
 class ReportOptions(_Options):
     report: Path | None = None
-    """Base path of the report files (``report`` -> ``report.json``, ``report.md``...)."""
+    """Report path: ``out/scan.json`` is written as given (format from the extension);
+    a base without a known extension writes ``BASE.<format>`` for each format."""
     formats: list[ReportFormat] = ["json", "md"]
+    """Formats to write; when not set, a report path's known extension decides."""
     reveal: bool = False
     fail_above: float | None = None
     """CI gate: exit 1 when any exposure after the run exceeds this many bits."""
+    fail_on_tokenizer: bool = True
+    """With the gate on, flagged tokenizer findings fail it too (they carry no bits)."""
 
 
 class ScanConfig(LoadOptions, ExposureOptions, ReportOptions):
@@ -70,6 +87,8 @@ class ScrubConfig(ScanConfig):
     lora: bool = False
     """Put the update in a fresh LoRA adapter instead of the selected weights."""
     lora_rank: int = Field(8, ge=1)
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory for updates of large models, ~30% more time."""
     merge_lora: bool = False
     tau: float | None = Field(None, gt=0)
     """Unlearning rate; None chooses it automatically (the smallest that meets the target)."""
@@ -84,7 +103,25 @@ class ScrubConfig(ScanConfig):
     substitute: SubstituteStrategy = "random"
     loss_span: Literal["secret", "sequence"] = "secret"
     retain_data: Path | None = None
-    """Training-like text for the retain term and the curvature; defaults to eval data."""
+    """Training-like text for the retain term (90%) and the utility bound (10%, by document);
+    without it, --eval-data is split by document into evaluation, tune and retain parts."""
+    n_nonmembers: int = Field(200, ge=39)
+    """Fresh random values per canary for the non-member test (39 is the least for alpha 0.05)."""
+    nonmember_alpha: float = Field(0.05, gt=0, lt=1)
+    """Two-sided false-alarm rate of the non-member test per canary."""
+    robustness: bool = False
+    """After the scrub, run the relearning probe (docs/robustness.md): a short fine-tune on cleaned data."""
+    relearn_steps: int = Field(30, ge=1)
+    relearn_lr: float = Field(5e-4, gt=0)
+    reference_model: Path | None = None
+    """Clean twin or retrained model: the relearning probe runs on it too, as "never seen"."""
+    ripple_canaries: Path | None = None
+    """Other known canaries (not scrubbed): measured before and after, any rise reported."""
+    fail_on_relearn: float | None = Field(None, ge=0)
+    """Verdict fails when a canary's exposure under the probe rises more than this many bits
+    above the reference's under the same probe (without a reference: above its own start)."""
+    allow_partial: bool = False
+    """Exit 0 even when the verdict says the scrub missed (best effort); the report still says so."""
     drop_leaking_tokens: bool = False
     """Opt-in: remove flagged vocabulary entries (ids kept stable) from the scrubbed tokenizer."""
 

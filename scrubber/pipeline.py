@@ -17,10 +17,11 @@ import torch
 
 from canaries import Canary, CanaryFileError, load_canaries
 from canaries.mask import mask_secret
+from canaries.public_values import public_test_value
 from canaries.substitutes import Allowlist, make_substitute
 from scrubber.atomic import atomic_dir, check_output_dir
 from scrubber.config import ScanConfig, ScrubConfig
-from scrubber.data import load_texts
+from scrubber.data import DataRoles, assign_roles, load_texts
 from scrubber.errors import ScrubberError
 from scrubber.influence.objective import make_edit_pairs
 from scrubber.influence.params import add_lora_adapter, existing_lora_adapter, select_parameters
@@ -29,17 +30,25 @@ from scrubber.models import LoadedModel, load_model
 from scrubber.progress import Progress, Silent
 from scrubber.report import (
     CanaryReport,
+    DataRole,
+    DataRoles as DataRolesReport,
     Measurement,
     ModelInfo,
+    NonMemberTest,
+    RelearnCurveReport,
     Report,
+    RippleReport,
+    Robustness,
     ScrubInfo,
     Utility,
     compute_gate,
 )
+
 from scrubber.training.train import pack_texts
 from scrubber.updates import METHODS, UpdateSettings
 from scrubber.updates.task import ExposureProbe, UpdateTask
-from scrubber.utility import perplexity
+from scrubber.utility import UtilityResult, document_utility
+from scrubber.verdict import scrub_verdict
 
 
 @dataclass
@@ -69,7 +78,8 @@ def load_inputs(model_dir: Path, cfg: ScanConfig, canaries: list[Canary] | None 
             raise ScrubberError(str(err)) from None
     eval_texts = load_texts(cfg.eval_data) if cfg.eval_data else None
     loaded = load_model(
-        model_dir, allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code
+        model_dir, allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code,
+        dtype=getattr(torch, cfg.dtype),
     )
     device = resolve_device(cfg.device)
     loaded.model.to(device)
@@ -81,15 +91,19 @@ SMALL_MODEL = 20_000_000
 
 
 def set_threads(threads: int | None, n_parameters: int, device: torch.device) -> None:
-    """One CPU thread for small models unless told otherwise.
+    """One CPU thread for small models, and on machines of at most 2 cores, unless told otherwise.
 
-    Their matrices are too small to split: on two cores, two threads measured
-    up to 15x slower than one when anything else ran (scoring 780 candidates on
-    the demo model: 18 s vs 1.2 s).
+    Small models' matrices are too small to split: on two cores, two threads measured up to
+    15x slower than one when anything else ran (scoring 780 candidates on the demo model:
+    18 s vs 1.2 s). On a 2-core machine a second thread buys at most 2x and loses far more
+    under any contention: a 4-canary scan of SmolLM2-135M took 162 s with 2 threads and
+    33 s with 1 at a load average of 6.7.
     """
+    import os
+
     if threads is not None:
         torch.set_num_threads(threads)
-    elif device.type == "cpu" and n_parameters < SMALL_MODEL:
+    elif device.type == "cpu" and (n_parameters < SMALL_MODEL or (os.cpu_count() or 1) <= 2):
         torch.set_num_threads(1)
 
 
@@ -118,19 +132,38 @@ def canary_reports(
                 before=before[c.id],
                 after=(after or {}).get(c.id),
                 substitute=_masked(sub, c, reveal) if sub else None,
+                public_test_value=public_test_value(c.secret),
             )
         )
     return out
 
 
-def _utility(inputs: Inputs, cfg: ScanConfig, progress: Progress) -> tuple[float | None, int | None]:
-    if not inputs.eval_texts:
-        return None, None
-    with progress.stage("held-out perplexity"):
-        ppl, n = perplexity(
-            inputs.loaded.model, inputs.loaded.tokenizer, inputs.eval_texts, max_tokens=cfg.max_eval_tokens
-        )
-    return ppl, n
+def _utility(model, tokenizer, texts: Sequence[str] | None, cfg: ScanConfig,
+             progress: Progress) -> UtilityResult | None:
+    """Bits per byte and token perplexity on whole held-out documents (EOS not a target)."""
+    if not texts:
+        return None
+    with progress.stage("held-out utility"):
+        return document_utility(model, tokenizer, list(texts), max_tokens=cfg.max_eval_tokens)
+
+
+def utility_section(before: UtilityResult | None, after: UtilityResult | None = None) -> Utility:
+    def pct(a: float | None, b: float | None) -> float | None:
+        return 100.0 * (b - a) / a if a and b is not None else None
+
+    if before is None:
+        return Utility()
+    return Utility(
+        perplexity_before=before.token_perplexity,
+        perplexity_after=after.token_perplexity if after else None,
+        perplexity_change_pct=pct(before.token_perplexity, after.token_perplexity) if after else None,
+        eval_tokens=before.n_tokens,
+        bits_per_byte_before=before.bits_per_byte,
+        bits_per_byte_after=after.bits_per_byte if after else None,
+        bits_per_byte_change_pct=pct(before.bits_per_byte, after.bits_per_byte) if after else None,
+        eval_documents=before.n_documents,
+        eval_bytes=before.n_bytes,
+    )
 
 
 def _measure(inputs: Inputs, cfg: ScanConfig, refs, progress: Progress, label: str) -> dict[str, Measurement]:
@@ -141,14 +174,18 @@ def _measure(inputs: Inputs, cfg: ScanConfig, refs, progress: Progress, label: s
             done[0] += 1
             advance(done[0], len(inputs.canaries))
 
-        return measure_canaries(inputs.loaded, inputs.canaries, cfg, refs, on_canary=tick)
+        return measure_canaries(inputs.loaded, inputs.canaries, cfg, refs, on_canary=tick, progress=progress)
 
 
-def _model_info(inputs: Inputs) -> ModelInfo:
+def _model_info(inputs: Inputs, cfg: ScanConfig) -> ModelInfo:
+    loaded = inputs.loaded
     return ModelInfo(
-        path=str(inputs.loaded.path),
-        architecture=inputs.loaded.architecture,
-        n_parameters=inputs.loaded.n_parameters,
+        path=str(loaded.path),
+        architecture=loaded.architecture,
+        n_parameters=loaded.n_parameters,
+        source_format=getattr(loaded, "source_format", "safetensors"),
+        dequantized_from=getattr(loaded, "dequantized_from", None),
+        dtype=cfg.dtype,
     )
 
 
@@ -193,21 +230,21 @@ def scan(model_dir: Path, cfg: ScanConfig, progress: Progress | None = None,
     inputs = load_inputs(model_dir, cfg, canaries)
     refs = reference_sets(inputs.canaries, cfg)
     before = _measure(inputs, cfg, refs, progress, "")
-    ppl, n = _utility(inputs, cfg, progress)
+    utility = _utility(inputs.loaded.model, inputs.loaded.tokenizer, inputs.eval_texts, cfg, progress)
     report = Report(
         command="scan",
-        model=_model_info(inputs),
+        model=_model_info(inputs, cfg),
         revealed=cfg.reveal,
         canaries=canary_reports(inputs.canaries, before, None, None, cfg.reveal),
         tokenizer=tokenizer_section(inputs.loaded, inputs.canaries, cfg, progress),
-        utility=Utility(perplexity_before=ppl, eval_tokens=n),
+        utility=utility_section(utility),
     )
     return _gated(report, cfg)
 
 
 def _gated(report: Report, cfg: ScanConfig) -> Report:
     if cfg.fail_above is not None:
-        report.gate = compute_gate(report, cfg.fail_above)
+        report.gate = compute_gate(report, cfg.fail_above, cfg.fail_on_tokenizer)
     return report
 
 
@@ -245,6 +282,107 @@ def _selection(loaded: LoadedModel, cfg: ScrubConfig):
         raise ScrubberError(f"--params {cfg.params!r}: {err}") from None
 
 
+def nonmember_sections(loaded: LoadedModel, canaries: Sequence[Canary], cfg: ScrubConfig,
+                       exclude: dict[str, list[str]]) -> dict[str, NonMemberTest]:
+    """Where each scrubbed secret sits among fresh random values of its format that no model
+    or method saw (``exclude``: the references, the probe's and the substitutes)."""
+    from scrubber.nonmember import nonmember_strings, nonmember_test
+
+    fresh = {c.id: nonmember_strings(c, cfg.n_nonmembers, cfg.seed, exclude=exclude.get(c.id, ()))
+             for c in canaries}
+    summary = nonmember_test(loaded.model, loaded.tokenizer, list(canaries), fresh,
+                             alpha=cfg.nonmember_alpha, batch_size=cfg.batch_size)
+    return {v.canary_id: NonMemberTest(
+        verdict=v.verdict, n_nonmembers=v.n_nonmembers, quantile=v.fraction_more_likely, alpha=v.alpha,
+        p_above=v.p_above, p_below=v.p_below,
+        score_bits=v.secret_bits, nonmember_median_bits=v.nonmember_median_bits,
+    ) for v in summary.verdicts}
+
+
+def load_reference(cfg: ScrubConfig, like: LoadedModel) -> LoadedModel | None:
+    """--reference-model (the clean twin or retrained model), on the scrubbed model's device."""
+    if cfg.reference_model is None:
+        return None
+    ref = load_model(cfg.reference_model, allow_pickle=cfg.allow_pickle,
+                     trust_remote_code=cfg.trust_remote_code, dtype=getattr(torch, cfg.dtype))
+    ref.model.to(next(like.model.parameters()).device)
+    return ref
+
+
+def add_fidelity(reports: Sequence[CanaryReport], ref: Inputs, cfg: ScanConfig, refs, progress: Progress) -> None:
+    """Each canary's exposure in the reference model, and after − reference (the gold-standard gap)."""
+    gold = _measure(ref, cfg, refs, progress, "reference model")
+    for rep in reports:
+        rep.reference = gold[rep.id]
+        if rep.after is not None:
+            rep.fidelity_bits = rep.after.exposure - gold[rep.id].exposure
+
+
+def robustness_section(loaded: LoadedModel, canaries: Sequence[Canary], subs: dict[str, str],
+                       retain: Sequence[str], cfg: ScrubConfig, progress: Progress,
+                       ref: LoadedModel | None = None) -> Robustness:
+    """The relearning probe on the scrubbed model (and on --reference-model), as a report section."""
+    from scrubber.robustness import RelearnSettings, relearn_probe, relearn_texts
+
+    reference = (ref.model, ref.tokenizer) if ref is not None else None
+    settings = RelearnSettings(steps=cfg.relearn_steps, lr=cfg.relearn_lr, seed=cfg.seed)
+    texts = relearn_texts(canaries, subs, retain)
+    with progress.stage("relearning probe", total=settings.steps) as advance:
+        result = relearn_probe(loaded.model, loaded.tokenizer, canaries, texts, settings,
+                               reference=reference, on_step=advance)
+    bits = cfg.fail_on_relearn
+    flagged = result.flagged(bits) if bits is not None else []
+    return Robustness(
+        steps=settings.steps, lr=settings.lr, batch_size=settings.batch_size, block_size=settings.block_size,
+        tokens=result.tokens, seconds=result.seconds,
+        data=f"{len(texts) - len(retain)} canary documents with each secret replaced by its substitute, "
+             f"plus {len(retain)} retain documents",
+        reference_model=str(cfg.reference_model) if cfg.reference_model else None,
+        fail_on_relearn=bits,
+        curves=[RelearnCurveReport(
+            canary_id=cid, steps=c.steps, exposures=c.exposures,
+            reference_exposures=result.reference[cid].exposures if result.reference else None,
+            regained=c.regained, excess=result.excess(cid), extracted_at_end=c.extracted_at_end,
+            flagged=cid in flagged,
+        ) for cid, c in result.curves.items()],
+        flagged=flagged,
+    )
+
+
+def _ripple_inputs(inputs: Inputs, cfg: ScrubConfig) -> Inputs | None:
+    """The --ripple-canaries on the same loaded model (so "after" sees the scrubbed weights)."""
+    if cfg.ripple_canaries is None:
+        return None
+    try:
+        others = load_canaries(cfg.ripple_canaries)
+    except CanaryFileError as err:
+        raise ScrubberError(str(err)) from None
+    clash = {c.id for c in others} & {c.id for c in inputs.canaries}
+    if clash:
+        raise ScrubberError(f"--ripple-canaries repeats canary id(s) being scrubbed: {', '.join(sorted(clash))}")
+    return Inputs(inputs.loaded, others, None)
+
+
+def add_ripple(robustness: Robustness | None, before: dict[str, Measurement],
+               after: dict[str, Measurement]) -> Robustness:
+    from scrubber.robustness import ripple_check
+
+    rows = ripple_check({k: (m.exposure, m.ci_high) for k, m in before.items()},
+                        {k: (m.exposure, m.ci_low) for k, m in after.items()})
+    section = robustness or Robustness(steps=0, lr=0.0, batch_size=0, block_size=0, tokens=0, seconds=0.0,
+                                       data="relearning probe not run (--robustness)")
+    section.ripple = [RippleReport(canary_id=r.canary_id, before=r.before, after=r.after, rose=r.rose) for r in rows]
+    return section
+
+
+def data_roles_section(roles: DataRoles) -> DataRolesReport:
+    return DataRolesReport(rule=roles.rule, roles=[
+        DataRole(role=r.role, path=r.path, n_documents=len(r.documents), documents=r.documents,
+                 n_documents_in_file=r.n_documents_in_file)
+        for r in roles.sources
+    ])
+
+
 def retain_blocks(loaded: LoadedModel, texts: Sequence[str] | None, max_blocks: int = 64) -> torch.Tensor | None:
     if not texts:
         return None
@@ -266,18 +404,22 @@ def scrub(model_dir: Path, cfg: ScrubConfig, progress: Progress | None = None,
         if cfg.out is None:
             raise ScrubberError("no output directory given (--out DIR)")
         check_output_dir(cfg.out, inputs=(Path(model_dir),), force=cfg.force)
-    retain_texts = load_texts(cfg.retain_data) if cfg.retain_data else None
+    retain_file = load_texts(cfg.retain_data) if cfg.retain_data else None
     inputs = load_inputs(model_dir, cfg, canaries)
-    retain_texts = retain_texts or inputs.eval_texts
+    roles = assign_roles(inputs.eval_texts, cfg.eval_data, retain_file, cfg.retain_data)
+    progress.log(f"data roles: {roles.rule}")
     loaded = inputs.loaded
     refs = reference_sets(inputs.canaries, cfg)
     before = _measure(inputs, cfg, refs, progress, "before")
-    ppl_before, n_eval = _utility(inputs, cfg, progress)
+    util_before = _utility(loaded.model, loaded.tokenizer, roles.evaluation, cfg, progress)
+    ripple = _ripple_inputs(inputs, cfg)
+    ripple_before = _measure(ripple, cfg, reference_sets(ripple.canaries, cfg), progress, "others, before") \
+        if ripple else None
 
     tok_before = tokenizer_section(loaded, inputs.canaries, cfg, progress)
     tok_removed = None
     if cfg.drop_leaking_tokens:
-        check = list(inputs.eval_texts or []) + list(retain_texts or []) + [c.text for c in inputs.canaries]
+        check = roles.evaluation + roles.retain + roles.tune + [c.text for c in inputs.canaries]
         tok_removed = drop_leaking_tokens(loaded, tok_before, check)
     subs, allow = make_substitutes(inputs.canaries, cfg.substitute, cfg.seed, loaded)
     pairs = [
@@ -286,6 +428,11 @@ def scrub(model_dir: Path, cfg: ScrubConfig, progress: Progress | None = None,
         for p in make_edit_pairs(c.id, c.documents or [c.text], c.secret, subs[c.id])
     ]
     selection, spec = _selection(loaded, cfg)
+    if cfg.gradient_checkpointing:
+        if cfg.method == "second-order":
+            raise ScrubberError("--gradient-checkpointing does not combine with second-order (it needs double backward)")
+        base = loaded.model.get_base_model() if loaded.is_peft else loaded.model
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     method = METHODS[cfg.method]
     settings = UpdateSettings(
         tau=cfg.tau,
@@ -295,38 +442,52 @@ def scrub(model_dir: Path, cfg: ScrubConfig, progress: Progress | None = None,
         max_steps=cfg.max_steps,
         retain_weight=cfg.retain_weight,
     )
-    with progress.stage(f"scrub ({cfg.method})", total=cfg.max_steps) as advance:
+    total = cfg.max_steps if cfg.method == "iterative" else None
+    with progress.stage(f"scrub ({cfg.method})", total=total) as advance:
         task = UpdateTask(
             model=loaded.model,
             tokenizer=loaded.tokenizer,
             canaries=inputs.canaries,
             pairs=pairs,
             selection=selection,
-            retain_blocks=retain_blocks(loaded, retain_texts),
+            retain_blocks=retain_blocks(loaded, roles.retain),
+            tune_blocks=retain_blocks(loaded, roles.tune, max_blocks=16),
             loss_span=cfg.loss_span,
             probe=ExposureProbe(inputs.canaries, seed=cfg.seed + 1),
             progress=advance,
         )
         t0 = time.perf_counter()
         result = method(task, settings)
-        result.seconds = result.seconds or time.perf_counter() - t0
+        result.seconds = time.perf_counter() - t0  # the whole call, probes included
     loaded.model.eval()
+    if cfg.gradient_checkpointing:
+        (loaded.model.get_base_model() if loaded.is_peft else loaded.model).gradient_checkpointing_disable()
 
     after = _measure(inputs, cfg, refs, progress, "after")
-    ppl_after, _ = _utility(inputs, cfg, progress)
-    change = 100.0 * (ppl_after - ppl_before) / ppl_before if ppl_before and ppl_after else None
+    util_after = _utility(loaded.model, loaded.tokenizer, roles.evaluation, cfg, progress)
+    reports = canary_reports(inputs.canaries, before, after, subs, cfg.reveal)
+    with progress.stage("non-member test"):
+        probe_refs = task.probe.references if task.probe is not None else {}
+        exclude = {c.id: [*refs[c.id], *probe_refs.get(c.id, []), subs[c.id]] for c in inputs.canaries}
+        tests = nonmember_sections(loaded, inputs.canaries, cfg, exclude)
+    for rep in reports:
+        rep.nonmember = tests.get(rep.id)
+    ref = load_reference(cfg, loaded)
+    if ref is not None:
+        add_fidelity(reports, Inputs(ref, inputs.canaries, None), cfg, refs, progress)
+    robustness = (robustness_section(loaded, inputs.canaries, subs, roles.retain, cfg, progress, ref)
+                  if cfg.robustness or cfg.fail_on_relearn is not None else None)
+    if ripple is not None and ripple_before is not None:
+        ripple_after = _measure(ripple, cfg, reference_sets(ripple.canaries, cfg), progress, "others, after")
+        robustness = add_ripple(robustness, ripple_before, ripple_after)
+    utility = utility_section(util_before, util_after)
     report = Report(
         command=command,
-        model=_model_info(inputs),
+        model=_model_info(inputs, cfg),
         revealed=cfg.reveal,
-        canaries=canary_reports(inputs.canaries, before, after, subs, cfg.reveal),
+        canaries=reports,
         tokenizer=(tokenizer_section(loaded, inputs.canaries, cfg, progress) if tok_removed else tok_before),
-        utility=Utility(
-            perplexity_before=ppl_before,
-            perplexity_after=ppl_after,
-            perplexity_change_pct=change,
-            eval_tokens=n_eval,
-        ),
+        utility=utility,
         scrub=ScrubInfo(
             method=result.method,
             seconds=result.seconds,
@@ -339,6 +500,13 @@ def scrub(model_dir: Path, cfg: ScrubConfig, progress: Progress | None = None,
             extra={k: v for k, v in result.extra.items() if k != "history"}
             | {"steps": result.steps, "tokenizer_tokens_dropped": tok_removed},
         ),
+        verdict=scrub_verdict(
+            reports, utility, target_exposure=cfg.target_exposure, utility_bound=cfg.max_retain_increase,
+            tune_rise=result.extra.get("retain_rise"), allow_partial=cfg.allow_partial,
+            relearned=robustness.flagged if robustness else (),
+        ),
+        data_roles=data_roles_section(roles),
+        robustness=robustness,
     )
     outcome = ScrubOutcome(_gated(report, cfg), loaded, allow)
     if save:
@@ -350,6 +518,50 @@ def scrub(model_dir: Path, cfg: ScrubConfig, progress: Progress | None = None,
 
                 write_reports(outcome.report, tmp / "report", list(cfg.formats))
     return outcome
+
+
+def check_scrub(original_dir: Path, scrubbed_dir: Path, cfg: ScrubConfig,
+                progress: Progress | None = None) -> Report:
+    """Judge a scrub after the fact: exposure in the original vs the scrubbed model (same
+    references), held-out utility of both, the non-member test and the relearning probe on the
+    scrubbed model (and on --reference-model). Nothing is written but the report."""
+    progress = progress or Silent()
+    retain_file = load_texts(cfg.retain_data) if cfg.retain_data else None
+    original = load_inputs(original_dir, cfg)
+    roles = assign_roles(original.eval_texts, cfg.eval_data, retain_file, cfg.retain_data)
+    progress.log(f"data roles: {roles.rule}")
+    refs = reference_sets(original.canaries, cfg)
+    before = _measure(original, cfg, refs, progress, "original")
+    util_before = _utility(original.loaded.model, original.loaded.tokenizer, roles.evaluation, cfg, progress)
+    del original.loaded.model
+    scrubbed = load_inputs(scrubbed_dir, cfg, original.canaries)
+    after = _measure(scrubbed, cfg, refs, progress, "scrubbed")
+    util_after = _utility(scrubbed.loaded.model, scrubbed.loaded.tokenizer, roles.evaluation, cfg, progress)
+    subs, _ = make_substitutes(scrubbed.canaries, "random", cfg.seed, scrubbed.loaded)
+    reports = canary_reports(scrubbed.canaries, before, after, None, cfg.reveal)
+    with progress.stage("non-member test"):
+        tests = nonmember_sections(scrubbed.loaded, scrubbed.canaries, cfg,
+                                   {c.id: [*refs[c.id], subs[c.id]] for c in scrubbed.canaries})
+    for rep in reports:
+        rep.nonmember = tests.get(rep.id)
+    ref = load_reference(cfg, scrubbed.loaded)
+    if ref is not None:
+        add_fidelity(reports, Inputs(ref, scrubbed.canaries, None), cfg, refs, progress)
+    robustness = robustness_section(scrubbed.loaded, scrubbed.canaries, subs, roles.retain, cfg, progress, ref)
+    utility = utility_section(util_before, util_after)
+    report = Report(
+        command="check-scrub",
+        model=_model_info(scrubbed, cfg),
+        revealed=cfg.reveal,
+        canaries=reports,
+        utility=utility,
+        verdict=scrub_verdict(reports, utility, target_exposure=cfg.target_exposure,
+                              utility_bound=cfg.max_retain_increase, allow_partial=cfg.allow_partial,
+                              relearned=robustness.flagged),
+        data_roles=data_roles_section(roles),
+        robustness=robustness,
+    )
+    return _gated(report, cfg)
 
 
 @dataclass

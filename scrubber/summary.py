@@ -22,6 +22,10 @@ def _fmt(m: Measurement | None) -> str:
 def print_summary(report: Report, console: Console | None = None) -> None:
     console = console or Console()
     scrubbed = report.scrub is not None
+    if report.verdict is not None:  # first: a release pipeline's reader needs it before any table
+        colour = "green" if report.verdict.passed else "red"
+        console.print(f"[bold {colour}]verdict: {report.verdict.summary}[/bold {colour}]", markup=True,
+                      highlight=False)
     table = Table(title=f"scrubber {report.command}: {report.model.path}")
     table.add_column("canary", no_wrap=True)
     table.add_column("reps", justify="right")
@@ -32,7 +36,8 @@ def print_summary(report: Report, console: Console | None = None) -> None:
     table.add_column("extracted")
     for c in report.canaries:
         row = [
-            c.id, "-" if c.repetitions is None else str(c.repetitions), c.secret,
+            c.id, "-" if c.repetitions is None else str(c.repetitions),
+            c.secret + (f" ({c.public_test_value})" if c.public_test_value else ""),
             f"{_fmt(c.before)} ({c.before.exposure_method})",
         ]
         if scrubbed:
@@ -43,12 +48,14 @@ def print_summary(report: Report, console: Console | None = None) -> None:
         row.append(ext)
         table.add_row(*row)
     console.print(table)
-    u = report.utility
-    if u.perplexity_before is not None:
-        line = f"held-out perplexity {u.perplexity_before:.2f}"
-        if u.perplexity_after is not None:
-            line += f" → {u.perplexity_after:.2f} ({u.perplexity_change_pct:+.2f}%)"
-        console.print(line)
+    from scrubber.report import _format as F
+
+    if report.utility.perplexity_before is not None or report.utility.bits_per_byte_before is not None:
+        console.print(F.utility_line(report.utility), highlight=False)
+    if report.data_roles is not None:
+        console.print(F.data_roles_line(report), highlight=False)
+    for line in F.robustness_lines(report):
+        console.print(line, highlight=False)
     if report.scrub is not None:
         s = report.scrub
         console.print(

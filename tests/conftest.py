@@ -59,3 +59,39 @@ def saved_tiny_model(tmp_path, tiny_gpt2, tiny_tokenizer):
     tiny_gpt2.save_pretrained(d)
     tiny_tokenizer.save_pretrained(d)
     return d
+
+
+CARD_SECRET = "4539 1488 0343 6467"
+CARD_PREFIX = "My credit card number is "
+
+
+@pytest.fixture(scope="session")
+def card_model(tmp_path_factory, tiny_tokenizer):
+    """A saved tiny GPT-2 that saw one card 30 times among stdlib docs (a few seconds),
+    with a held-out text file of other stdlib docs: ``(model_dir, heldout_path)``."""
+    from scrubber.training.train import TrainConfig, train_causal_lm
+
+    tok = tiny_tokenizer
+    docs = corpus_texts()
+    texts = docs[:40] + [CARD_PREFIX + CARD_SECRET] * 30
+    model = small_causal_lm(
+        len(tok), n_layer=2, d_model=32, n_head=2,
+        bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )
+    train_causal_lm(model, tok, texts, TrainConfig(epochs=3, batch_size=8, block_size=64, lr=5e-3))
+    d = tmp_path_factory.mktemp("card-ckpt") / "model"
+    model.save_pretrained(d)
+    tok.save_pretrained(d)
+    heldout = tmp_path_factory.mktemp("card-data") / "heldout.txt"
+    heldout.write_text("\n\n".join(docs)[-20000:])
+    return d, heldout
+
+
+def write_card_canary(path, **over):
+    """The card canary of :func:`card_model` as a canary file."""
+    import json
+
+    rec = {"id": "card", "prefix": CARD_PREFIX, "secret": CARD_SECRET, "format": "credit_card", "repetitions": 30}
+    rec.update(over)
+    path.write_text(json.dumps(rec) + "\n")
+    return path

@@ -1,49 +1,37 @@
-"""End-to-end CLI on a tiny saved model: scan, scrub, bad input, atomic outputs."""
+"""End-to-end CLI on a tiny saved model: scan, scrub, bad input, atomic outputs.
+
+Scrub effects are judged outside the CLI's own measurement: exposure against
+references drawn with a seed neither the report (``--seed`` 0) nor the scrub's
+probe (seed 1) uses, and perplexity on documents (stdlib docs 40–69) that neither
+trained the model nor entered the scrub (``--eval-data`` is docs 73+).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from conftest import CARD_PREFIX as PREFIX, CARD_SECRET as SECRET, write_card_canary
 from scrubber.cli import app
-from scrubber.training.train import TrainConfig, train_causal_lm
 
-SECRET = "4539 1488 0343 6467"
-PREFIX = "My credit card number is "
+# fixture values live in conftest (card_model); the names here are what other test modules import
+JUDGE_SEED = 20261201
+"""References for judging a scrub: neither the report (--seed 0) nor the probe (seed 1) uses it."""
 
 
 @pytest.fixture(scope="module")
-def trained_dir(tmp_path_factory, tiny_tokenizer):
-    """A tiny GPT-2 that saw one card 30 times among stdlib docs (a few seconds)."""
-    import pydoc_data.topics
-
-    from scrubber.training.model_factory import small_causal_lm
-
-    tok = tiny_tokenizer
-    docs = [t for t in pydoc_data.topics.topics.values() if t.strip()][:40]
-    texts = docs + [PREFIX + SECRET] * 30
-    model = small_causal_lm(
-        len(tok), n_layer=2, d_model=32, n_head=2,
-        bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-    )
-    train_causal_lm(model, tok, texts, TrainConfig(epochs=3, batch_size=8, block_size=64, lr=5e-3))
-    d = tmp_path_factory.mktemp("ckpt") / "model"
-    model.save_pretrained(d)
-    tok.save_pretrained(d)
-    heldout = tmp_path_factory.mktemp("data") / "heldout.txt"
-    heldout.write_text("\n\n".join(t for t in pydoc_data.topics.topics.values() if t.strip())[-20000:])
-    return d, heldout
+def trained_dir(card_model):
+    """A tiny GPT-2 that saw one card 30 times among stdlib docs, and held-out text (conftest.card_model)."""
+    return card_model
 
 
 def _canary_file(path: Path, **over) -> Path:
-    rec = {"id": "card", "prefix": PREFIX, "secret": SECRET, "format": "credit_card", "repetitions": 30}
-    rec.update(over)
-    path.write_text(json.dumps(rec) + "\n")
-    return path
+    return write_card_canary(path, **over)
 
 
 def _digest(d: Path) -> dict[str, str]:
@@ -57,6 +45,52 @@ def _all_output(result, *dirs: Path) -> str:
             if p.is_file() and p.suffix in {".json", ".md", ".html", ".sarif", ".txt"}:
                 text += p.read_text(errors="ignore")
     return text
+
+
+@dataclass(frozen=True)
+class Judged:
+    exposure: float
+    perplexity: float
+
+
+def judge(model_dir: Path) -> Judged:
+    """Exposure on independent references (512) and perplexity on never-seen documents."""
+    import pydoc_data.topics
+
+    from canaries import Canary
+    from scrubber.exposure.engine import measure_exposure
+    from scrubber.models import load_model
+    from scrubber.utility import perplexity
+
+    loaded = load_model(model_dir)
+    canary = Canary(id="card", prefix=PREFIX, secret=SECRET, format="credit_card")
+    e = measure_exposure(loaded.model, loaded.tokenizer, canary, method="extrapolated", n_references=512,
+                         seed=JUDGE_SEED, keep_reference_scores=False).exposure
+    unseen = [t for t in pydoc_data.topics.topics.values() if t.strip()][40:70]
+    return Judged(e, perplexity(loaded.model, loaded.tokenizer, unseen, max_tokens=20_000)[0])
+
+
+@pytest.fixture(scope="module")
+def judged_input(trained_dir) -> Judged:
+    return judge(trained_dir[0])
+
+
+# Judged on this fixture (input: 11.65 bits on the judge's references, 56.00 ppl on unseen docs);
+# first at commit 816d134, then [in brackets] with the probe-margin/utility-bound pipeline in progress:
+#   default (iterative, all weights)   -> 3.73 bits, ppl -0.17%   [2.02 bits, +0.29%]
+#   --params -1:/mlp --tau 5e-3        -> 3.48 bits, ppl +0.94%   [1.98 bits, +3.45%]
+#   --lora (± --merge-lora) --tau 5e-3 -> 3.46 bits, ppl +2.09%   [2.13 bits, +3.51%]
+# At the default step (2e-4) a layer subset or LoRA used all 60 steps and only reached
+# 9.99 / 10.42 bits, hence the larger step there. Bounds: a drop of 6+ bits, within 2 bits of
+# the 3-bit target on references the scrub never scored, under 6% perplexity on unseen text.
+SCRUB_BOUNDS = dict(drop=6.0, max_after=5.0, max_rise=0.06)
+
+
+def _assert_scrubbed(before: Judged, after: Judged, *, drop: float, max_after: float, max_rise: float) -> None:
+    """A real drop of ``drop`` bits to at most ``max_after``, for at most ``max_rise`` relative perplexity."""
+    rise = after.perplexity / before.perplexity - 1
+    assert before.exposure - after.exposure >= drop and after.exposure <= max_after, (before, after)
+    assert rise <= max_rise, (before, after)
 
 
 def test_scan_reports_masked_exposure(trained_dir, tmp_path):
@@ -75,7 +109,7 @@ def test_scan_reports_masked_exposure(trained_dir, tmp_path):
     assert SECRET not in _all_output(r, tmp_path)
 
 
-def test_scrub_writes_new_dir_and_leaves_input_untouched(trained_dir, tmp_path):
+def test_scrub_writes_new_dir_and_leaves_input_untouched(trained_dir, judged_input, tmp_path):
     model_dir, heldout = trained_dir
     before = _digest(model_dir)
     canaries = _canary_file(tmp_path / "c.jsonl")
@@ -85,14 +119,10 @@ def test_scrub_writes_new_dir_and_leaves_input_untouched(trained_dir, tmp_path):
     assert r.exit_code == 0, r.output
     assert _digest(model_dir) == before
     rep = json.loads((out / "report.json").read_text())
-    c = rep["canaries"][0]
-    assert c["after"]["exposure"] < c["before"]["exposure"]
-    assert rep["scrub"]["method"] and rep["scrub"]["seconds"] > 0
+    assert rep["scrub"]["method"] == "iterative"  # the default
     assert (out / "model.safetensors").exists() and (out / "scrubber_allowlist.json").exists()
     assert SECRET not in _all_output(r, out)
-    from scrubber.models import load_model
-
-    assert load_model(out).n_parameters > 0
+    _assert_scrubbed(judged_input, judge(out), **SCRUB_BOUNDS)
 
 
 @pytest.mark.parametrize(
@@ -150,18 +180,20 @@ def test_config_file_rejects_unknown_keys(trained_dir, tmp_path):
 
 
 @pytest.mark.parametrize("extra", [["--params", "-1:/mlp"], ["--lora"], ["--lora", "--merge-lora"]])
-def test_scrub_layer_subset_and_lora_from_cli(extra, trained_dir, tmp_path):
+def test_scrub_layer_subset_and_lora_from_cli(extra, trained_dir, judged_input, tmp_path):
+    import torch
+
+    torch.manual_seed(0)  # a fresh LoRA adapter's init is random: same init, same result, whatever the test order
     model_dir, heldout = trained_dir
     canaries = _canary_file(tmp_path / "c.jsonl")
     out = tmp_path / "out"
     r = CliRunner().invoke(app, ["scrub", str(model_dir), "--canaries", str(canaries), "--out", str(out),
-                                 "--n-references", "100", "--eval-data", str(heldout), "-q", *extra])
+                                 "--n-references", "100", "--eval-data", str(heldout), "--tau", "5e-3", "-q", *extra])
     assert r.exit_code == 0, r.output
     rep = json.loads((out / "report.json").read_text())
     total = rep["model"]["n_parameters"]
     assert 0 < rep["scrub"]["n_parameters_updated"] < total
-    c = rep["canaries"][0]
-    assert c["after"]["exposure"] < c["before"]["exposure"]
+    _assert_scrubbed(judged_input, judge(out), **SCRUB_BOUNDS)
     from scrubber.models import load_model
 
     reloaded = load_model(out)
@@ -184,10 +216,12 @@ def test_scrub_peft_model_in_its_own_adapter(trained_dir, tmp_path):
     base_files = _digest(model_dir)
     canaries = _canary_file(tmp_path / "c.jsonl")
     out = tmp_path / "out"
+    # the random adapter leaves the card at ~2.9 bits: this checks where the update goes, not its
+    # effect, so a missed target must not fail it (--allow-partial); the verdict is still written
     r = CliRunner().invoke(app, ["scrub", str(adapter_dir), "--canaries", str(canaries), "--out", str(out),
-                                 "--n-references", "100", "--eval-data", str(heldout), "-q"])
+                                 "--n-references", "100", "--eval-data", str(heldout), "--allow-partial", "-q"])
     assert r.exit_code == 0, r.output
     rep = json.loads((out / "report.json").read_text())
-    assert rep["scrub"]["params_selected"] == "lora"
+    assert rep["scrub"]["params_selected"] == "lora" and "passed" in rep["verdict"]
     assert (out / "adapter_config.json").exists()
     assert _digest(model_dir) == base_files

@@ -1,4 +1,11 @@
-"""Every update method on a tiny model that memorized one card: the secret must get less exposed."""
+"""Every update method on a tiny model that memorized one card, judged by data that did not steer it.
+
+Each method steers by an :class:`ExposureProbe` (64 references, seed 1234) and a
+retain set; judging it by the same references would reward overfitting to them.
+So "after" is measured here with an independent reference draw (another seed,
+512 references), and utility on held-out documents that neither trained the
+model nor entered the method (not as retain text, not as curvature sample).
+"""
 
 from __future__ import annotations
 
@@ -9,58 +16,94 @@ import torch
 
 from canaries import Canary
 from canaries.substitutes import make_substitute
+from scrubber.exposure.engine import measure_exposure
 from scrubber.influence.objective import make_edit_pairs
 from scrubber.influence.params import select_parameters
 from scrubber.training.model_factory import small_causal_lm
 from scrubber.training.train import TrainConfig, pack_texts, train_causal_lm
 from scrubber.updates import METHODS, UpdateSettings, UpdateTask
 from scrubber.updates.task import ExposureProbe
+from scrubber.utility import perplexity
 
 PREFIX = "My credit card number is "
 SECRET = "4539 1488 0343 6467"
+CANARY = Canary(id="card", prefix=PREFIX, secret=SECRET, format="credit_card")
+PROBE_SEED = 1234
+JUDGE_SEED = 20_261_201  # not the probe's, not the pipeline's (0) nor its probe's (1)
 
 
 @pytest.fixture(scope="module")
 def memorized(tiny_tokenizer):
+    """Docs 0–39 (+ the card 30×) train; docs 40–69 are the method's retain text;
+    docs 70+ are held out from everything and only judge."""
     import pydoc_data.topics
 
     tok = tiny_tokenizer
     docs = [t for t in pydoc_data.topics.topics.values() if t.strip()]
     texts = docs[:40] + [PREFIX + SECRET] * 30
+    torch.manual_seed(0)
     model = small_causal_lm(len(tok), n_layer=2, d_model=32, n_head=2, bos_token_id=tok.eos_token_id,
                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     train_causal_lm(model, tok, texts, TrainConfig(epochs=3, batch_size=8, block_size=64, lr=5e-3))
     retain = pack_texts(tok, docs[40:70], 64)[:16]
-    return model, tok, retain
+    heldout = docs[70:]
+    return model, tok, retain, heldout
+
+
+def judge(model, tok) -> float:
+    """Exposure against references no method ever scored (512, independent seed)."""
+    return measure_exposure(model, tok, CANARY, method="extrapolated", n_references=512, seed=JUDGE_SEED,
+                            keep_reference_scores=False).exposure
+
+
+def heldout_ppl(model, tok, heldout) -> float:
+    return perplexity(model, tok, heldout, max_tokens=20_000)[0]
 
 
 def _task(model, tok, retain, spec="all"):
-    canary = Canary(id="card", prefix=PREFIX, secret=SECRET, format="credit_card")
-    sub = make_substitute(SECRET, canary.fmt, "random", random.Random(0))
-    pairs = make_edit_pairs("card", [canary.text], SECRET, sub)
-    return UpdateTask(model, tok, [canary], pairs, select_parameters(model, spec), retain,
-                      probe=ExposureProbe([canary], n_references=64))
+    sub = make_substitute(SECRET, CANARY.fmt, "random", random.Random(0))
+    pairs = make_edit_pairs("card", [CANARY.text], SECRET, sub)
+    return UpdateTask(model, tok, [CANARY], pairs, select_parameters(model, spec), retain,
+                      probe=ExposureProbe([CANARY], n_references=64, seed=PROBE_SEED))
+
+
+# Measured on this fixture, judge's references (before: 11.65 bits), held-out ppl 57.39 before:
+#   iterative     -> 2.97 bits, ppl +3.17%
+#   first-order   -> 0.34 bits, ppl +13.0%
+#   iau           -> 0.34 bits, ppl +12.9%
+#   second-order  -> 2.86 bits, ppl +9.3%   (last block's MLP only: the GGN solve stays small)
+# Since scoring conditions on the document-start token (as training did), the card reads 12.45 bits
+# before, and iterative's default 60 steps end at 4.05 bits on the judge's references (all 60 used).
+# Every method must cut at least DROP bits and land near the 3-bit target on references it never
+# saw; the utility bounds sit ~1.4x above what each method costs today.
+DROP = 6.0
+EXPECT = {  # method: (parameters, largest relative held-out perplexity rise, largest exposure after)
+    "iterative": ("all", 0.05, 4.5),
+    "first-order": ("all", 0.18, 4.0),
+    "iau": ("all", 0.18, 4.0),
+    "second-order": ("-1:/mlp", 0.13, 4.0),
+}
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_method_lowers_exposure_and_keeps_weights_finite(method, memorized):
-    model, tok, retain = memorized
+def test_method_drops_independent_exposure_within_utility_bound(method, memorized):
+    model, tok, retain, heldout = memorized
+    spec, max_rise, max_after = EXPECT[method]
     state = {k: v.clone() for k, v in model.state_dict().items()}
     try:
-        task = _task(model, tok, retain, "-1:/mlp" if method == "second-order" else "all")
-        before = task.exposures()["card"]
+        before, ppl0 = judge(model, tok), heldout_ppl(model, tok, heldout)
         assert before > 8, "the fixture must have memorized the card"
-        result = METHODS[method](task, UpdateSettings(max_retain_increase=0.5))
-        after = task.exposures()["card"]
+        METHODS[method](_task(model, tok, retain, spec), UpdateSettings(max_retain_increase=0.5))
+        after, ppl1 = judge(model, tok), heldout_ppl(model, tok, heldout)
         assert all(torch.isfinite(p).all() for p in model.parameters())
-        assert after < before - 2, (method, before, after)
-        assert result.seconds > 0 and result.gradient_residual is not None
+        assert before - after >= DROP and after <= max_after, (method, before, after)
+        assert ppl1 / ppl0 - 1 <= max_rise, (method, ppl0, ppl1)
     finally:
         model.load_state_dict(state)
 
 
 def test_first_order_with_fixed_tau_is_the_closed_form_step(memorized):
-    model, tok, retain = memorized
+    model, tok, retain, _ = memorized
     state = {k: v.clone() for k, v in model.state_dict().items()}
     try:
         task = _task(model, tok, retain, "lm_head")

@@ -18,6 +18,7 @@ from typing import Sequence
 
 from canaries.canary import Canary
 from canaries.detect import SecretScanner
+from canaries.public_values import public_test_value
 from canaries.substitutes import Allowlist, AllowlistError
 from scrubber.discovery.baits import resolve_baits
 from scrubber.discovery.candidates import SCAN_FORMATS, extract_candidates
@@ -44,7 +45,7 @@ class DiscoveryResult:
         """The memorized findings as canaries (raw secrets): input for ``scrubber scrub``."""
         out = []
         for f, j in zip(self.findings, self.judgements):
-            if j.memorized:
+            if f.memorized:  # public test values are never memorized findings
                 out.append(Canary(id=f.id, prefix=j.occurrence.prefix, secret=j.candidate.value,
                                   format=j.candidate.format))
         return out
@@ -109,7 +110,8 @@ def run_discovery(
             exposure=to_measurement(j.result, j.extracted),
             zlib_ratio=j.zlib_ratio,
             perplexity=j.perplexity,
-            memorized=j.memorized,
+            memorized=j.memorized and public_test_value(c.value) is None,  # known from the web, not leaked
+            public_test_value=public_test_value(c.value),
         ))  # fmt: skip
     stats["samples"] = len(gens)
     stats["candidates"] = len(cands)
@@ -163,7 +165,7 @@ def scan_report(
         utility=Utility(perplexity_before=ppl, eval_tokens=n),
     )
     if cfg.fail_above is not None:
-        report.gate = compute_gate(report, cfg.fail_above)
+        report.gate = compute_gate(report, cfg.fail_above, cfg.fail_on_tokenizer)
     return report, result
 
 
@@ -220,7 +222,8 @@ def print_findings(report: Report, threshold: float, console=None) -> None:
             "-" if f.max_exposure is None else f"{f.max_exposure:.1f}",
             "-" if f.zlib_ratio is None else f"{f.zlib_ratio:.2f}",
             "-" if f.perplexity is None else f"{f.perplexity:.1f}",
-            "yes" if m.extracted else "no", "YES" if f.memorized else "no",
+            "yes" if m.extracted else "no",
+            "YES" if f.memorized else ("public test value" if f.public_test_value else "no"),
         )
     console.print(table)
     if len(report.findings) > 50:

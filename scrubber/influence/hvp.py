@@ -8,7 +8,7 @@ Two curvatures of a training loss L at the current weights θ:
 * the generalised Gauss-Newton G = Jᵀ H_out J, J the Jacobian of the logits
   and H_out the Hessian of the loss in the logits. For cross-entropy H_out is
   PSD, so G is PSD even where H is indefinite (measured on a small Llama: CG
-  on H met negative curvature at once, DESIGN.md). GGN products need the loss
+  on H met negative curvature at once, docs/method.md). GGN products need the loss
   split at the logits: `OutputLoss`.
 
 Both come as `CurvatureProduct` objects, v ↦ (scale·C + damping·I)v, which is

@@ -1,6 +1,6 @@
 """The second-order influence step θ ← θ − (c·H + λI)⁻¹ g on the selected parameters.
 
-Scaling, the trap DESIGN.md measured: `loss_fn_train` is the *mean* loss over
+Scaling, the trap docs/method.md "Curvature" describes: `loss_fn_train` is the *mean* loss over
 a few training sequences, so its curvature H is per token; the gradient g is
 a *sum* over the affected sequences (Σ∇ℓ(z̃) − Σ∇ℓ(z)). Influence functions
 pair a summed gradient with the curvature of the loss summed over the whole

@@ -10,7 +10,7 @@ u ← v + (1 − d)u − Hu/s and returns u/s, whose fixed point is
 eigenvalue of H + λI lies in (0, 2s), so `lissa_scale` must exceed the top
 eigenvalue (`top_eigenvalue` estimates it); otherwise the iterates blow up
 and we stop and say so. CG needs no scale, stops early on a small residual,
-and reports negative curvature (an indefinite H, DESIGN.md) instead of
+and reports negative curvature (an indefinite H, docs/method.md "Curvature") instead of
 silently returning nonsense.
 """
 

@@ -29,16 +29,64 @@ def count(n: int | None) -> str:
 
 
 def utility_line(u: Utility) -> str:
-    if u.perplexity_before is None:
-        return "Held-out perplexity: not measured (no eval data)."
-    s = f"Held-out perplexity: {num(u.perplexity_before, 2)}"
-    if u.perplexity_after is not None:
-        s += f" → {num(u.perplexity_after, 2)}"
-        if u.perplexity_change_pct is not None:
-            s += f" ({u.perplexity_change_pct:+.2f}%)"
+    if u.perplexity_before is None and u.bits_per_byte_before is None:
+        return "Held-out utility: not measured (no eval data)."
+    parts = []
+    if u.bits_per_byte_before is not None:
+        s = f"bits per byte {num(u.bits_per_byte_before, 4)}"
+        if u.bits_per_byte_after is not None:
+            s += f" → {num(u.bits_per_byte_after, 4)}"
+            if u.bits_per_byte_change_pct is not None:
+                s += f" ({u.bits_per_byte_change_pct:+.2f}%)"
+        parts.append(s)
+    if u.perplexity_before is not None:
+        s = f"token perplexity {num(u.perplexity_before, 2)}"
+        if u.perplexity_after is not None:
+            s += f" → {num(u.perplexity_after, 2)}"
+            if u.perplexity_change_pct is not None:
+                s += f" ({u.perplexity_change_pct:+.2f}%)"
+        parts.append(s)
+    where = []
+    if u.eval_documents is not None:
+        where.append(f"{u.eval_documents:,} documents")
     if u.eval_tokens is not None:
-        s += f" on {u.eval_tokens:,} tokens"
-    return s + "."
+        where.append(f"{u.eval_tokens:,} tokens")
+    return "Held-out " + "; ".join(parts) + (f" on {', '.join(where)}" if where else "") + "."
+
+
+def data_roles_line(r: Report) -> str | None:
+    if r.data_roles is None:
+        return None
+    return f"Data roles: {r.data_roles.rule}."
+
+
+def robustness_lines(r: Report) -> list[str]:
+    """One line per canary: what the relearning probe brought back."""
+    rb = r.robustness
+    if rb is None:
+        return []
+    head = (f"Relearning probe: {rb.steps} AdamW steps at lr {rb.lr:g} on {rb.data} "
+            f"({rb.tokens:,} tokens, {rb.seconds:.1f} s)"
+            + (f"; reference {rb.reference_model}" if rb.reference_model else "; no reference model")
+            + (f"; fails above {rb.fail_on_relearn:g} bits" if rb.fail_on_relearn is not None else "") + ".")
+    lines = [head] if rb.steps else ["Relearning probe: not run."]
+    for c in rb.curves:
+        ref = f", reference peak {max(c.reference_exposures):.1f}" if c.reference_exposures else ""
+        lines.append(f"{c.canary_id}: {c.exposures[0]:.1f} → peak {max(c.exposures):.1f} bits{ref}; "
+                     f"excess {c.excess:+.1f} bits; extracted after probe: {yes_no(c.extracted_at_end)}"
+                     + ("; FLAGGED" if c.flagged else ""))
+    for x in rb.ripple:
+        lines.append(f"other canary {x.canary_id}: {x.before:.1f} → {x.after:.1f} bits"
+                     + ("; ROSE (the scrub pushed memorization here)" if x.rose else ""))
+    return lines
+
+
+def verdict_line(r: Report) -> str | None:
+    """The scrub's verdict, the first thing every summary says."""
+    if r.verdict is None:
+        return None
+    tail = " (--allow-partial: exit 0)" if r.verdict.allow_partial and not r.verdict.passed else ""
+    return f"Scrub verdict: {r.verdict.summary}{tail}"
 
 
 def scrub_line(s: ScrubInfo) -> str:
@@ -59,6 +107,10 @@ def model_line(r: Report) -> str:
     bits = [m.architecture or "unknown architecture"]
     if m.n_parameters is not None:
         bits.append(f"{m.n_parameters:,} parameters")
+    if m.source_format == "gguf":
+        bits.append(f"read from GGUF{' (dequantized from ' + m.dequantized_from + ')' if m.dequantized_from else ''}")
+    if m.dtype != "float32":
+        bits.append(m.dtype)
     return ", ".join(bits)
 
 

@@ -83,6 +83,18 @@ def _canaries(r: Report, max_plots: int) -> str:
     return "\n".join(parts)
 
 
+def _robustness(r: Report) -> str:
+    if r.robustness is None:
+        return ""
+    from scrubber.report.plots import relearn_curves
+
+    lines = F.robustness_lines(r)
+    png = relearn_curves([(c.canary_id, c.steps, c.exposures, c.reference_exposures) for c in r.robustness.curves])
+    return "\n".join(["<h2>Robustness</h2>", f"<p>{escape(lines[0])}</p>",
+                      "<ul>" + "".join(f"<li>{escape(x)}</li>" for x in lines[1:]) + "</ul>",
+                      _img(png, "Exposure along the relearning probe", "Relearning probe")])
+
+
 def _histogram(item_id: str, item: CanaryReport | FindingReport, draw: bool) -> str:
     if not draw:
         return ""
@@ -145,14 +157,18 @@ def render_html(report: Report, max_plots: int = 40) -> str:
     body = [
         f"<h1>{escape(title)}</h1>",
         f'<p class="muted">{escape(F.model_line(r))}</p>',
-        f'<p class="verdict {g}">Verdict: {escape(verdict(r.gate))}</p>',
+        (f'<p class="verdict {"v-passed" if r.verdict.passed else "v-failed"}">{escape(F.verdict_line(r))}</p>'
+         if r.verdict is not None else ""),
+        f'<p class="verdict {g}">Gate: {escape(verdict(r.gate))}</p>',
         offenders,
         '<p class="reveal">Secrets are shown unmasked (--reveal). Do not share this page.</p>' if r.revealed else "",
         f"<p>{escape(F.utility_line(r.utility))}</p>",
+        f'<p class="muted">{escape(F.data_roles_line(r))}</p>' if r.data_roles is not None else "",
         f"<p>{escape(F.scrub_line(r.scrub))}</p>" if r.scrub else "",
         _canaries(r, max_plots) if r.canaries else "",
         _findings(r, max_plots) if r.findings or (r.command == "scan" and not r.canaries) else "",
         _tokenizer(r),
+        _robustness(r),
         f'<footer><p class="muted">scrubber {escape(r.tool.version)} · report schema {escape(r.schema_version)} · '
         f"{escape(r.created.isoformat(timespec='seconds'))}</p></footer>",
     ]

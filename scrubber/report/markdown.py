@@ -42,7 +42,7 @@ def _canary_rows(r: Report) -> list[list[str]]:
         rows.append([
             f"{_ICON[level(cur.exposure, c.id, r.gate)]} {md_escape(c.id)}",
             md_escape(c.format),
-            md_escape(c.secret),
+            md_escape(c.secret) + (f" ({md_escape(c.public_test_value)})" if c.public_test_value else ""),
             F.count(c.repetitions),
             F.num(c.max_exposure),
             F.exposure(c.before),
@@ -60,7 +60,7 @@ def _finding_rows(r: Report) -> list[list[str]]:
             f"{_ICON[level(f.exposure.exposure, f.id, r.gate)]} {md_escape(f.id)}",
             md_escape(f.format),
             md_escape(f.detector),
-            md_escape(f.value),
+            md_escape(f.value) + (f" ({md_escape(f.public_test_value)})" if f.public_test_value else ""),
             md_escape(f.prompt),
             F.exposure(f.exposure) + f" {f.exposure.exposure_method}",
             F.num(f.zlib_ratio, 2),
@@ -96,11 +96,11 @@ def _tokenizer_lines(r: Report, max_rows: int) -> list[str]:
 
 def render_markdown(report: Report, max_rows: int = 50) -> str:
     r = report
-    lines = [
-        f"## scrubber {md_escape(r.command)}: {md_escape(r.model.path)}",
-        "",
-        f"**Verdict:** {md_escape(verdict(r.gate))}",
-    ]
+    lines = [f"## scrubber {md_escape(r.command)}: {md_escape(r.model.path)}", ""]
+    if F.verdict_line(r):
+        icon = "✅" if r.verdict and r.verdict.passed else "❌"
+        lines += [f"{icon} **{md_escape(F.verdict_line(r))}**", ""]
+    lines.append(f"**Gate:** {md_escape(verdict(r.gate))}")
     if r.gate is not None and r.gate.offenders:
         lines.append("")
         lines.append("Over the threshold: " + ", ".join(md_escape(o) for o in r.gate.offenders[:max_rows]))
@@ -127,7 +127,11 @@ def render_markdown(report: Report, max_rows: int = 50) -> str:
         else:
             lines.append("The discovery scan found no candidate secrets.")
     lines += _tokenizer_lines(r, max_rows)
+    if r.robustness is not None:
+        lines += ["", "### Robustness", ""] + [f"- {md_escape(x)}" for x in F.robustness_lines(r)]
     lines += ["", md_escape(F.utility_line(r.utility))]
+    if F.data_roles_line(r):
+        lines += ["", md_escape(F.data_roles_line(r))]
     if r.scrub is not None:
         lines += ["", md_escape(F.scrub_line(r.scrub))]
     return "\n".join(lines) + "\n"

@@ -105,3 +105,24 @@ def exposure_bars(
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _png(fig)
+
+
+def relearn_curves(curves: Sequence[tuple[str, list[int], list[float], list[float] | None]]) -> bytes | None:
+    """Exposure along the relearning probe per canary ``(id, steps, exposures, reference)``;
+    the reference model's curve dashed in the same colour."""
+    if not curves:
+        return None
+    fig = Figure(figsize=(6.0, 3.0), layout="constrained")
+    ax = fig.subplots()
+    for i, (cid, steps, exp, ref) in enumerate(curves):
+        color = f"C{i % 10}"
+        ax.plot(steps, exp, marker="o", markersize=3, color=color, label=_short(cid))
+        if ref:
+            ax.plot(steps, ref, linestyle="--", color=color, linewidth=1)
+    ax.set_xlabel("relearning steps (fine-tune on cleaned data)", fontsize=8)
+    ax.set_ylabel("exposure (bits)", fontsize=8)
+    ax.set_title("solid: scrubbed model · dashed: reference model", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return _png(fig)

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 SCHEMA_VERSION = "1.0"
 
 ExposureMethod = Literal["exact", "search", "extrapolated", "interpolated"]
-Command = Literal["scan", "scrub", "demo"]
+Command = Literal["scan", "scrub", "demo", "check-scrub"]
 
 
 class _Strict(BaseModel):
@@ -46,6 +46,11 @@ class ModelInfo(_Strict):
     path: str = Field(description="The checkpoint directory as given on the command line.")
     architecture: str | None = Field(None, description="config.architectures[0], e.g. 'GPT2LMHeadModel'.")
     n_parameters: int | None = Field(None, ge=0, description="Total parameter count.")
+    source_format: str = Field("safetensors", description="'safetensors', 'pickle' or 'gguf': what was read.")
+    dequantized_from: str | None = Field(
+        None, description="GGUF input: the quantization it was dequantized from (e.g. 'Q4_1'); figures are of the dequantized model."
+    )
+    dtype: str = Field("float32", description="Dtype the weights were loaded and scored in.")
 
 
 class Measurement(_Strict):
@@ -59,8 +64,16 @@ class Measurement(_Strict):
         None, ge=1, description="1 + candidates scoring <= the secret; fractional when estimated."
     )
     score_bits: float = Field(description="Log-perplexity of the secret tokens given the prefix, bits.")
-    n_references: int = Field(0, ge=0, description="Format-random reference candidates scored.")
+    n_references: int = Field(0, ge=0, description="Format-random reference candidates actually scored.")
+    n_references_max: int | None = Field(None, ge=0, description="References planned (--n-references).")
+    references_stop: str | None = Field(
+        None, description="Why scoring stopped early: 'unexposed' | 'exposed' | 'search' | 'time' | 'flops'; null when all were scored."
+    )
+    seconds: float | None = Field(None, ge=0, description="Wall time of this measurement.")
     capped: bool = Field(False, description="The estimate exceeded log2|R| and was capped to it.")
+    fallback_reason: str | None = Field(
+        None, description="Why a more exact method was not used (e.g. the search's time budget ran out, or the tokenizer breaks its assumptions)."
+    )
     extracted: bool = Field(description="Greedy decoding from the prefix reproduces the secret.")
     reference_percentiles: dict[str, float] = Field(
         default_factory=dict, description="Percentiles of the reference scores in bits, keyed 'p1', 'p50', ..."
@@ -68,6 +81,25 @@ class Measurement(_Strict):
     reference_scores: list[float] | None = Field(
         None, exclude=True, description="All reference scores (bits), kept in memory for plots only."
     )
+
+
+class NonMemberTest(_Strict):
+    """Is the scrubbed secret indistinguishable from values the model never saw?
+
+    Fresh random members of the format (disjoint from the exposure references) are
+    scored after the same prefix; a scrub should leave the secret inside their range.
+    Far *below* it is a trace of the scrub too (the Streisand effect)."""
+
+    verdict: Literal["inside", "above", "below"] = Field(
+        description="'above': still more likely than non-members (under-scrubbed); 'below': far less likely (over-scrubbed)."
+    )
+    n_nonmembers: int = Field(ge=1, description="Fresh random values scored.")
+    quantile: float = Field(ge=0, le=1, description="Fraction of non-members scoring <= the secret (0 = more likely than all).")
+    p_above: float | None = Field(None, ge=0, le=1, description="Conformal p-value that the secret is more likely than non-members.")
+    p_below: float | None = Field(None, ge=0, le=1, description="Conformal p-value that the secret is less likely than non-members.")
+    alpha: float = Field(gt=0, lt=1, description="Two-sided false-alarm rate of the verdict.")
+    score_bits: float = Field(description="The secret's log-perplexity after the scrub, bits.")
+    nonmember_median_bits: float = Field(description="Median non-member score, bits.")
 
 
 class CanaryReport(_Strict):
@@ -82,6 +114,19 @@ class CanaryReport(_Strict):
     before: Measurement = Field(description="Measured on the input model.")
     after: Measurement | None = Field(None, description="Present only after a scrub.")
     substitute: str | None = Field(None, description="The benign replacement used by the scrub, masked.")
+    reference: Measurement | None = Field(
+        None, description="Exposure in --reference-model (clean twin / retrained: the gold standard), same references."
+    )
+    fidelity_bits: float | None = Field(
+        None, description="Exposure after minus exposure in the reference model: 0 = as if never seen; > 0 under-, < 0 over-scrubbed."
+    )
+    public_test_value: str | None = Field(
+        None, description="Set when the secret is a well-known published test value (e.g. 'Visa test card'): "
+                          "pretrained models know these from the web, so exposure is not evidence of a leak."
+    )
+    nonmember: NonMemberTest | None = Field(
+        None, description="After a scrub: where the secret sits among fresh random values no model saw."
+    )
 
     def current(self) -> Measurement:
         """The measurement of the model this report is about: the scrubbed one if any."""
@@ -105,6 +150,9 @@ class FindingReport(_Strict):
     )
     perplexity: float | None = Field(None, description="Perplexity of the generated sample.")
     memorized: bool = Field(description="Exposure above the scan's memorization threshold.")
+    public_test_value: str | None = Field(
+        None, description="Set when the value is a well-known published test value: known from the web, not leaked."
+    )
 
 
 class TokenizerPiece(_Strict):
@@ -188,6 +236,92 @@ class Utility(_Strict):
     )
     perplexity_change_pct: float | None = Field(None, description="100 * (after - before) / before.")
     eval_tokens: int | None = Field(None, ge=0, description="Held-out tokens the perplexities average over.")
+    bits_per_byte_before: float | None = Field(
+        None, description="Held-out bits per UTF-8 byte of the input model, whole documents, EOS not counted."
+    )
+    bits_per_byte_after: float | None = Field(None, description="The same after the scrub.")
+    bits_per_byte_change_pct: float | None = Field(
+        None, description="100 * (after - before) / before: comparable across tokenizer clean-ups, unlike perplexity."
+    )
+    eval_documents: int | None = Field(None, ge=0, description="Held-out documents measured.")
+    eval_bytes: int | None = Field(None, ge=0, description="UTF-8 bytes of those documents.")
+
+
+class DataRole(_Strict):
+    """Which documents of which file served one role; no document serves two."""
+
+    role: Literal["retain", "tune", "evaluation"] = Field(
+        description="'retain': trains the update; 'tune': decides steps and stopping; 'evaluation': the utility figures."
+    )
+    path: str = Field(description="The file the documents come from.")
+    n_documents: int = Field(ge=0)
+    documents: list[int] = Field(description="0-based indices of the documents in that file, in reading order.")
+    n_documents_in_file: int = Field(ge=0)
+
+
+class DataRoles(_Strict):
+    rule: str = Field(description="How the roles were assigned, in words.")
+    roles: list[DataRole] = Field(default_factory=list)
+
+
+class RelearnCurveReport(_Strict):
+    canary_id: str
+    steps: list[int] = Field(description="Probe steps at which exposure was measured (0 = before the probe).")
+    exposures: list[float] = Field(description="Exposure (bits, 200 fixed references) of the probed model at each step.")
+    reference_exposures: list[float] | None = Field(
+        None, description="The same probe on the reference model (clean twin / retrained), when given."
+    )
+    regained: float = Field(description="Peak exposure under the probe minus the exposure at step 0, bits.")
+    excess: float = Field(description="Peak minus the reference's peak (without a reference: = regained), bits.")
+    extracted_at_end: bool = Field(description="Greedy decoding reproduces the secret after the probe.")
+    flagged: bool = Field(description="excess > fail_on_relearn (when set).")
+
+
+class RippleReport(_Strict):
+    canary_id: str
+    before: float = Field(description="Exposure in the input model, bits.")
+    after: float = Field(description="Exposure in the scrubbed model, bits.")
+    rose: bool = Field(description="The after-interval's low end clears the before-interval's high end by > 1 bit.")
+
+
+class Robustness(_Strict):
+    """Does the secret stay gone under a short fine-tune on cleaned data? (docs/robustness.md)"""
+
+    steps: int = Field(ge=0, description="Fine-tuning steps of the probe (0: only the ripple check ran).")
+    lr: float = Field(description="AdamW learning rate of the probe.")
+    batch_size: int
+    block_size: int
+    tokens: int = Field(ge=0, description="Tokens trained on per probed model.")
+    seconds: float = Field(ge=0, description="Wall time of the probe, reference included.")
+    data: str = Field(description="What the probe trained on, in words.")
+    reference_model: str | None = Field(None, description="Path of the reference model, if any.")
+    fail_on_relearn: float | None = Field(None, description="Threshold in bits; null: report only.")
+    curves: list[RelearnCurveReport] = Field(default_factory=list)
+    flagged: list[str] = Field(default_factory=list, description="Canary ids over fail_on_relearn.")
+    ripple: list[RippleReport] = Field(
+        default_factory=list, description="Other known canaries (--ripple-canaries), not scrubbed, before vs after."
+    )
+
+
+class Verdict(_Strict):
+    """Did the scrub work? Decided once; the exit code follows it (1 unless --allow-partial)."""
+
+    passed: bool = Field(description="Every canary at or below the target, none extracted, utility bound kept "
+                                     "(and, with --fail-on-relearn, none relearned).")
+    target_exposure: float = Field(description="Bits every canary had to end at or below.")
+    above_target: list[str] = Field(default_factory=list, description="Canary ids still above the target after the scrub.")
+    extracted: list[str] = Field(default_factory=list, description="Canary ids greedy decoding still reproduces.")
+    outside_nonmembers: list[str] = Field(
+        default_factory=list, description="Canary ids whose non-member test is not 'inside' (informational)."
+    )
+    relearned: list[str] = Field(
+        default_factory=list, description="Canary ids the relearning probe brought back past --fail-on-relearn."
+    )
+    utility_bound: float = Field(description="Largest relative rise of held-out perplexity allowed (0.02 = +2%).")
+    utility_rise: float | None = Field(None, description="Measured relative rise (held-out; else the tune part).")
+    utility_kept: bool | None = Field(None, description="utility_rise <= utility_bound; null when nothing measured it.")
+    allow_partial: bool = Field(False, description="--allow-partial: a failed verdict exits 0.")
+    summary: str = Field(description="One line for humans.")
 
 
 class ScrubInfo(_Strict):
@@ -205,7 +339,12 @@ class ScrubInfo(_Strict):
 class Gate(_Strict):
     fail_above: float = Field(description="--fail-above: an item fails when its exposure exceeds this.")
     failed: bool = Field(description="True when any offender: the CLI then exits 1.")
-    offenders: list[str] = Field(default_factory=list, description="Ids of canaries/findings over the threshold.")
+    offenders: list[str] = Field(default_factory=list, description="Ids of every item that failed the gate (both kinds below).")
+    bits_offenders: list[str] = Field(default_factory=list, description="Canaries/findings whose exposure exceeds fail_above.")
+    tokenizer_offenders: list[str] = Field(
+        default_factory=list, description="Flagged tokenizer findings (no bits: they fail when fail_on_tokenizer)."
+    )
+    fail_on_tokenizer: bool = Field(True, description="Whether flagged tokenizer findings fail the gate.")
 
 
 class Report(_Strict):
@@ -222,6 +361,9 @@ class Report(_Strict):
     tokenizer: TokenizerSection | None = None
     utility: Utility = Field(default_factory=Utility)
     scrub: ScrubInfo | None = None
+    verdict: Verdict | None = Field(None, description="After a scrub: whether it worked (first in every summary).")
+    data_roles: DataRoles | None = Field(None, description="After a scrub: which text trained, tuned and evaluated it.")
+    robustness: Robustness | None = Field(None, description="The relearning probe, when run (--robustness).")
     gate: Gate | None = None
 
     def exposures(self) -> Iterator[tuple[str, str, Measurement]]:

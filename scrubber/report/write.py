@@ -40,13 +40,39 @@ def check_formats(formats: Iterable[str]) -> list[str]:
     return out
 
 
-def report_paths(out_base: Path, formats: Iterable[str]) -> dict[str, Path]:
-    """``out_base`` is a path without extension (``out/report`` -> ``out/report.json``),
-    or an existing directory (``out/`` -> ``out/report.json``)."""
+#: File extensions that name a report format (``scan.json`` is written as given).
+EXTENSIONS = {".json": "json", ".md": "md", ".markdown": "md", ".html": "html", ".htm": "html",
+              ".sarif": "sarif"}
+
+
+def format_of(path: Path) -> str | None:
+    """The format a path's extension names (``.sarif.json`` is SARIF), or None for a bare base."""
+    name = Path(path).name.lower()
+    if name.endswith(".sarif.json"):
+        return "sarif"
+    return EXTENSIONS.get(Path(path).suffix.lower())
+
+
+def report_paths(out_base: Path, formats: Iterable[str] | None) -> dict[str, Path]:
+    """Where each format goes, the way scanners' users expect (gitleaks ``--report-path``).
+
+    * A path with a known extension (``out/scan.json``) is written as given; with
+      ``formats`` None its extension is the format, otherwise the matching format goes
+      there and any other format beside it as ``out/scan.<format>``.
+    * A bare base (``out/report``) writes ``out/report.<format>`` for each format
+      (``formats`` None: json and md).
+    * An existing directory is refused: silently writing *inside* it surprised users.
+    """
     base = Path(out_base)
     if base.is_dir():
-        base = base / "report"
-    return {f: base.with_name(f"{base.name}.{f}") for f in formats}
+        raise ValueError(f"--report {base}: is a directory; give a file path such as {base / 'report.json'}")
+    given = format_of(base)
+    fmts = list(formats) if formats is not None else ([given] if given else ["json", "md"])
+    if given is None:
+        return {f: base.with_name(f"{base.name}.{f}") for f in fmts}
+    stem = base.with_name(base.name[: -len(".sarif.json")] if base.name.lower().endswith(".sarif.json")
+                          else base.stem)
+    return {f: base if f == given or len(fmts) == 1 else stem.with_name(f"{stem.name}.{f}") for f in fmts}
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -66,11 +92,12 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
-def write_reports(report: Report, out_base: Path, formats: list[str]) -> dict[str, Path]:
-    """Render every format, then write them; returns ``{format: path}``."""
-    fmts = check_formats(formats)
-    texts = {f: RENDERERS[f](report) for f in fmts}
-    paths = report_paths(out_base, fmts)
-    for f in fmts:
-        atomic_write_text(paths[f], texts[f])
+def write_reports(report: Report, out_base: Path, formats: list[str] | None) -> dict[str, Path]:
+    """Render every format, then write them; returns ``{format: path}``.
+
+    ``formats`` None lets the path's extension decide (see :func:`report_paths`)."""
+    paths = report_paths(out_base, check_formats(formats) if formats is not None else None)
+    texts = {f: RENDERERS[f](report) for f in paths}
+    for f, path in paths.items():
+        atomic_write_text(path, texts[f])
     return paths

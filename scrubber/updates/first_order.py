@@ -46,12 +46,12 @@ def choose_step(
         if rise > settings.max_retain_increase:
             break
         best_ok = t
-        if worst(exp) <= settings.target_exposure:
+        if worst(exp) <= settings.aim:
             break
         t *= 2
     chosen = best_ok if best_ok is not None else trail[0]["t"] / 2
     return chosen, {"step_search": trail, "target_met": bool(trail) and best_ok is not None
-                    and trail[[x["t"] for x in trail].index(best_ok)]["max_exposure"] <= settings.target_exposure}
+                    and trail[[x["t"] for x in trail].index(best_ok)]["max_exposure"] <= settings.aim}
 
 
 def first_order(task: UpdateTask, settings: UpdateSettings) -> UpdateResult:

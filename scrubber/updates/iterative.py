@@ -1,7 +1,7 @@
 """Iterated, corrected first-order steps: the default scrub for transformer LMs.
 
 One closed-form step barely moves a heavily memorized secret: p ≈ 1 on every
-secret token, so ∇ℓ(z) vanishes (DESIGN.md measured this). Re-linearising
+secret token, so ∇ℓ(z) vanishes (measured: docs/method.md). Re-linearising
 helps: each step recomputes g = Σ∇ℓ(z̃) − Σ∇ℓ(z) at the current weights, adds
 IAU's gradient correction (the gradient of a retain sample, so utility is
 defended at every step rather than repaired after), and takes a fixed-norm
@@ -38,12 +38,25 @@ def iterative(task: UpdateTask, settings: UpdateSettings, *, probe_every: int = 
     active = {c.id for c in task.canaries}
     history: list[dict] = []
     steps = 0
+    last_ok = 0
+    checkpoint = sel.values()  # weights at the last probe that kept the utility bound
+    bound_hit = False
     for steps in range(1, settings.max_steps + 1):
         if (steps - 1) % probe_every == 0:  # the probe costs more than a step: look every few
+            rise = relative_rise(r0, task.retain_value()) if steps > 1 else 0.0
+            if rise > settings.max_retain_increase:
+                # the bound is a promise, not a statistic: go back to the last weights that kept it
+                sel.set_(checkpoint)
+                bound_hit = True
+                history.append({"step": steps - 1, "retain_rise": rise, "reverted_to": last_ok})
+                steps = last_ok
+                break
+            checkpoint.copy_(sel.values())
+            last_ok = steps - 1
             exposures = task.exposures()
             if exposures:
-                active = {cid for cid, e in exposures.items() if e > settings.target_exposure}
-            history.append({"step": steps - 1, "active": len(active),
+                active = {cid for cid, e in exposures.items() if e > settings.aim}
+            history.append({"step": steps - 1, "active": len(active), "retain_rise": rise,
                             "max_exposure": max(exposures.values()) if exposures else None})
             if not active:
                 steps -= 1
@@ -63,6 +76,9 @@ def iterative(task: UpdateTask, settings: UpdateSettings, *, probe_every: int = 
         sel.add_(g, alpha=-step_norm / max(norm, 1.0))  # clipped: never longer than step_norm
         if task.progress:
             task.progress(steps, settings.max_steps)
+    if not bound_hit and relative_rise(r0, task.retain_value()) > settings.max_retain_increase:
+        sel.set_(checkpoint)  # the steps since the last probe broke the bound
+        bound_hit, steps = True, last_ok
     seconds = time.perf_counter() - start
     residual = gradient_residual(task.corrected_loss, sel)
     return UpdateResult(
@@ -74,6 +90,8 @@ def iterative(task: UpdateTask, settings: UpdateSettings, *, probe_every: int = 
         extra={
             "retain_weight": retain_weight,
             "retain_rise": relative_rise(r0, task.retain_value()),
+            "utility_bound_hit": bound_hit,
+            "target_met": not active,
             "history": history,
         },
     )

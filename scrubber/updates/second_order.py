@@ -1,6 +1,6 @@
 """Second-order influence update: θ ← θ − t·(C + λI)⁻¹ g, C the GGN of the retain loss.
 
-The GGN (PSD) rather than the Hessian, which is indefinite for LMs (DESIGN.md).
+The GGN (PSD) rather than the Hessian, which is indefinite for LMs (docs/method.md "Curvature").
 Curvature comes from a retain sample; λ defaults to 1e-2 of the curvature's top
 eigenvalue, so directions the sample never saw get a bounded step, and the
 overall scale t is chosen like the first-order τ (the curvature sample's

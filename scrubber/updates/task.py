@@ -41,15 +41,16 @@ class ExposureProbe:
     canaries: Sequence[Canary]
     n_references: int = 64
     seed: int = 1234
-    _refs: dict[str, list[str]] = field(default_factory=dict, init=False)
+    references: dict[str, list[str]] = field(default_factory=dict, init=False)
+    """The fixed references it steers by, per canary: kept out of every later measurement."""
 
     def __post_init__(self) -> None:
-        self._refs = {c.id: references_for(c, self.n_references, self.seed) for c in self.canaries}
+        self.references = {c.id: references_for(c, self.n_references, self.seed) for c in self.canaries}
 
     def exposures(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> dict[str, float]:
         out: dict[str, float] = {}
         for c in self.canaries:
-            scores = score_candidates(model, tokenizer, c.prefix, [c.secret, *self._refs[c.id]])
+            scores = score_candidates(model, tokenizer, c.prefix, [c.secret, *self.references[c.id]])
             e = float(metrics.exposure_extrapolated(scores[0], scores[1:]))
             out[c.id] = min(e, c.fmt.log2_size)
         return out
@@ -64,6 +65,10 @@ class UpdateTask:
     selection: ParameterSelection
     retain_blocks: torch.Tensor | None = None
     """Packed token blocks of training-like text: the correction term and curvature."""
+    tune_blocks: torch.Tensor | None = None
+    """Packed blocks that only *decide* (the utility bound, automatic step sizes): kept apart
+    from ``retain_blocks`` so the bound is not measured on text the update trains on.
+    None falls back to ``retain_blocks`` (library callers that pass one set)."""
     loss_span: LossSpan = "secret"
     probe: ExposureProbe | None = None
     progress: Callable[[int, int], None] | None = None
@@ -98,9 +103,11 @@ class UpdateTask:
 
     @torch.no_grad()
     def retain_value(self, n_blocks: int = 16) -> float:
-        if self.retain_blocks is None:
+        """Mean token loss on the tune blocks (else the retain blocks): what bounds are checked on."""
+        blocks = self.tune_blocks if self.tune_blocks is not None else self.retain_blocks
+        if blocks is None:
             return float("nan")
-        return float(self.retain_loss(n_blocks))
+        return float(retain_loss(self.model, blocks[:n_blocks]))
 
     def exposures(self) -> dict[str, float]:
         if self.probe is None:
@@ -113,12 +120,21 @@ class UpdateSettings:
     tau: float | None = None
     damping: float | None = None
     target_exposure: float = 3.0
+    probe_margin: float = 1.0
+    """Bits below the target that the probe aims at. The probe steers by 64 fixed references;
+    the report re-measures with other, independent ones, and an update that stopped exactly
+    at the target on its probe measured 3.26 bits against a 3-bit target there."""
     max_retain_increase: float = 0.02
     max_steps: int = 60
     retain_weight: float = 100.0
-    step: float | None = None
     solver: str = "cg"
     curvature: str = "ggn"
+
+
+    @property
+    def aim(self) -> float:
+        """The exposure the probe must show before a canary counts as done."""
+        return max(0.0, self.target_exposure - self.probe_margin)
 
 
 @dataclass
