@@ -37,6 +37,7 @@ SeedOpt = typer.Option(None, "--seed", help="Seed for references and substitutes
 PickleOpt = typer.Option(None, "--allow-pickle/--no-allow-pickle", help="Allow pickle weights (can run code).")
 RemoteOpt = typer.Option(None, "--trust-remote-code/--no-trust-remote-code", help="Allow custom model code.")
 DeviceOpt = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:1, ...")
+DeviceMapOpt = typer.Option(None, "--device-map", help="auto: spread a model larger than one device over the devices (accelerate).")
 DTypeOpt = typer.Option(None, "--dtype", help="float32 (default), bfloat16 or float16 for loading, scoring and updates.")
 ExpSecondsOpt = typer.Option(
     None, "--exposure-seconds", help="Time budget per canary for exposure, seconds (default 10; beyond it: extrapolated, reason in the report).")
@@ -204,6 +205,7 @@ def scan(
     trust_remote_code: Optional[bool] = RemoteOpt,
     device: Optional[str] = DeviceOpt,
     dtype: Optional[str] = DTypeOpt,
+    device_map: Optional[str] = DeviceMapOpt,
     threads: Optional[int] = ThreadsOpt,
     tokenizer_scan: Optional[bool] = TokScanOpt,
     fail_on_tokenizer: Optional[bool] = FailTokOpt,
@@ -230,7 +232,8 @@ def scan(
             eval_data=eval_data, report=report, formats=format, reveal=reveal,
             fail_above=fail_above, exposure_method=exposure_method, n_references=n_references,
             seed=seed, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, device=device,
-            dtype=dtype, threads=threads, tokenizer_scan=tokenizer_scan, fail_on_tokenizer=fail_on_tokenizer,
+            dtype=dtype, device_map=device_map, threads=threads, tokenizer_scan=tokenizer_scan,
+            fail_on_tokenizer=fail_on_tokenizer,
             exposure_seconds=exposure_seconds, adaptive_references=adaptive_references,
         ))
         if baits:  # --bait extends the YAML list
@@ -300,6 +303,7 @@ def scrub(
     trust_remote_code: Optional[bool] = RemoteOpt,
     device: Optional[str] = DeviceOpt,
     dtype: Optional[str] = DTypeOpt,
+    device_map: Optional[str] = DeviceMapOpt,
     threads: Optional[int] = ThreadsOpt,
     fail_on_tokenizer: Optional[bool] = FailTokOpt,
     robustness: Optional[bool] = RobustOpt,
@@ -330,8 +334,8 @@ def scrub(
             drop_leaking_tokens=drop_leaking_tokens, tokenizer_scan=tokenizer_scan, report=report, formats=format,
             reveal=reveal, fail_above=fail_above, exposure_method=exposure_method,
             n_references=n_references, seed=seed, force=force, allow_pickle=allow_pickle,
-            trust_remote_code=trust_remote_code, device=device, dtype=dtype, threads=threads,
-            fail_on_tokenizer=fail_on_tokenizer, allow_partial=allow_partial, max_steps=max_steps,
+            trust_remote_code=trust_remote_code, device=device, dtype=dtype, device_map=device_map,
+            threads=threads, fail_on_tokenizer=fail_on_tokenizer, allow_partial=allow_partial, max_steps=max_steps,
             max_retain_increase=max_retain_increase, loss_span=loss_span, lora_rank=lora_rank,
             gradient_checkpointing=gradient_checkpointing, robustness=robustness, relearn_steps=relearn_steps, relearn_lr=relearn_lr,
             reference_model=reference_model, fail_on_relearn=fail_on_relearn, ripple_canaries=ripple_canaries,

@@ -34,6 +34,9 @@ class LoadOptions(_Options):
     threads: int | None = Field(None, ge=1)
     """CPU threads for torch; None = 1 for models under 20M parameters or on machines with at
     most 2 cores, else torch's default."""
+    device_map: str | None = None
+    """``auto``: let accelerate place a model larger than one device across the devices
+    (and CPU); the model is then not moved to ``device``."""
     dtype: DType = "float32"
     """Weights' dtype for loading, scoring and updates; log-softmax is taken in float32 regardless."""
 

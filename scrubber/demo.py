@@ -47,7 +47,7 @@ class DemoSpec:
     lr: float = 3e-3
     heldout_fraction: float = 0.1
     grad_restriction_alpha: float = 0.0
-    version: int = 1
+    version: int = 2  # 2: held-out and retain text as JSON Lines; held-out copies of training docs dropped
 
     def key(self) -> str:
         blob = json.dumps(asdict(self), sort_keys=True).encode()
@@ -78,7 +78,15 @@ def corpus_split(seed: int, heldout_fraction: float) -> tuple[list[str], list[st
     docs = [t for _, t in sorted(pydoc_data.topics.topics.items()) if t.strip()]
     random.Random(seed).shuffle(docs)
     n_held = max(1, int(len(docs) * heldout_fraction))
-    return docs[n_held:], docs[:n_held]
+    train = docs[n_held:]
+    # pydoc_data stores some texts under two keys: a held-out document that is also a
+    # training document measures nothing, so it is dropped (the training side is unchanged)
+    seen = set(train)
+    return train, [d for d in dict.fromkeys(docs[:n_held]) if d not in seen]
+
+
+def _write_jsonl(path: Path, texts: list[str]) -> None:
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
 
 
 def _artifacts(root: Path) -> DemoArtifacts:
@@ -88,8 +96,8 @@ def _artifacts(root: Path) -> DemoArtifacts:
         root=root,
         model_dir=root / "model",
         canaries_path=root / "canaries.jsonl",
-        heldout_path=root / "heldout.txt",
-        retain_path=root / "retain.txt",
+        heldout_path=root / "heldout.jsonl",
+        retain_path=root / "retain.jsonl",
     )
     if a.canaries_path.exists() and a.canaries_path.stat().st_size:
         a.canaries = load_canaries(a.canaries_path)
@@ -168,7 +176,8 @@ def build_demo(
         dump_canaries(canaries, tmp / "canaries.jsonl")
         if spec.with_canaries:
             _manifest.save(tmp / "manifest.json")
-        (tmp / "heldout.txt").write_text("\n\n".join(heldout), encoding="utf-8")
-        (tmp / "retain.txt").write_text("\n\n".join(retain), encoding="utf-8")
+        # JSON Lines keeps multi-paragraph documents whole (a .txt splits on blank lines)
+        _write_jsonl(tmp / "heldout.jsonl", heldout)
+        _write_jsonl(tmp / "retain.jsonl", retain)
         (tmp / "spec.json").write_text(json.dumps(asdict(spec), indent=2), encoding="utf-8")
     return _artifacts(root)

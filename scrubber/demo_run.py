@@ -52,10 +52,10 @@ def run_demo(cfg: DemoConfig, progress: Progress | None = None) -> Report:
         (tmp / MARKER).write_text("written by scrubber demo\n", encoding="utf-8")
         shutil.copytree(art.model_dir, tmp / "model")
         shutil.copy(art.canaries_path, tmp / "canaries.jsonl")
-        shutil.copy(art.heldout_path, tmp / "heldout.txt")
-        shutil.copy(art.retain_path, tmp / "retain.txt")
+        shutil.copy(art.heldout_path, tmp / "heldout.jsonl")
+        shutil.copy(art.retain_path, tmp / "retain.jsonl")
         save_scrubbed(outcome, tmp / "scrubbed", art.model_dir)
         write_reports(outcome.report, tmp / "report", list(cfg.formats))
     if progress is not None:
-        progress.log(f"demo output in {out}/ (model, scrubbed, canaries.jsonl, heldout.txt, report.*)")
+        progress.log(f"demo output in {out}/ (model, scrubbed, canaries.jsonl, heldout.jsonl, retain.jsonl, report.*)")
     return outcome.report

@@ -79,10 +79,13 @@ def load_inputs(model_dir: Path, cfg: ScanConfig, canaries: list[Canary] | None 
     eval_texts = load_texts(cfg.eval_data) if cfg.eval_data else None
     loaded = load_model(
         model_dir, allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code,
-        dtype=getattr(torch, cfg.dtype),
+        dtype=cfg.dtype, device_map=cfg.device_map,
     )
     device = resolve_device(cfg.device)
-    loaded.model.to(device)
+    if cfg.device_map is None:
+        loaded.model.to(device)
+    else:
+        device = next(loaded.model.parameters()).device
     set_threads(cfg.threads, loaded.n_parameters, device)
     return Inputs(loaded, canaries, eval_texts)
 
@@ -304,7 +307,7 @@ def load_reference(cfg: ScrubConfig, like: LoadedModel) -> LoadedModel | None:
     if cfg.reference_model is None:
         return None
     ref = load_model(cfg.reference_model, allow_pickle=cfg.allow_pickle,
-                     trust_remote_code=cfg.trust_remote_code, dtype=getattr(torch, cfg.dtype))
+                     trust_remote_code=cfg.trust_remote_code, dtype=cfg.dtype)
     ref.model.to(next(like.model.parameters()).device)
     return ref
 

@@ -72,3 +72,14 @@ def test_gradient_checkpointing_gives_the_same_scrub(card_model, tmp_path):
     assert abs(a["score_bits"] - b["score_bits"]) < 1e-3 * max(1.0, abs(a["score_bits"]))
     moved = a["score_bits"] - plain["canaries"][0]["before"]["score_bits"]
     assert moved > 0.5, moved  # 4 steps made the secret less likely: measured 86.57 -> 87.62 bits
+
+
+def test_device_map_auto_runs_the_scrub_through_accelerate(card_model, tmp_path):
+    """--device-map auto (accelerate's placement; here everything lands on the CPU) loads, updates
+    and saves like a plain load: the update flows through accelerate's dispatch hooks."""
+    model_dir, heldout = card_model
+    r, out, rep = _scrub(model_dir, heldout, tmp_path, "--device-map", "auto", "--max-steps", "3", "--allow-partial")
+    assert r.exit_code == 0, r.output
+    c = rep["canaries"][0]
+    assert c["after"]["score_bits"] > c["before"]["score_bits"]
+    assert (out / "model.safetensors").exists()

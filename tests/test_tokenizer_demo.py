@@ -13,6 +13,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from scrubber.data import load_texts
 from scrubber.demo import DemoSpec, build_demo
 from scrubber.tokenizer_scan import VocabView, remove_tokens, scan_tokenizer
 
@@ -57,7 +58,7 @@ def test_demo_token_removal_round_trips_and_the_model_generates(demos, tmp_path)
     sec = scan_tokenizer(tok, leaky.canaries)
     out = tmp_path / "model"
     shutil.copytree(leaky.model_dir, out)
-    heldout = [t for t in leaky.heldout_path.read_text(encoding="utf-8").split("\n\n") if t.strip()]
+    heldout = load_texts(leaky.heldout_path)
     checks = heldout + [c.text for c in leaky.canaries]
     res = remove_tokens(tok, sec, out, checks)
     assert res.ok and res.installed, res.summary()

@@ -53,6 +53,25 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def _training_meta(version: int, stats, load_before, fp: str, spec: DemoSpec, **extra) -> dict:
+    """What a cached gold-standard model records about its training run (timed in this run)."""
+    return {
+        "version": version,
+        "seconds": stats.seconds,
+        "steps": stats.steps,
+        "final_loss": stats.final_loss,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "load_avg_before": list(load_before),
+        "load_avg_after": list(os.getloadavg()),
+        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "tokenizer_fingerprint": fp,
+        "canary_model_key": spec.key(),
+        "torch": torch.__version__,
+        **extra,
+    }
+
+
 def retrain_model(
     spec: DemoSpec,
     tokenizer: PreTrainedTokenizerBase,
@@ -92,21 +111,8 @@ def load_or_retrain(
             return RetrainOutcome(model, tok, root, float(meta["seconds"]), True, meta)
     load_before = os.getloadavg()
     model, stats = retrain_model(spec, tokenizer, progress)
-    meta = {
-        "version": RETRAIN_VERSION,
-        "seconds": stats.seconds,
-        "steps": stats.steps,
-        "final_loss": stats.final_loss,
-        "torch_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "load_avg_before": list(load_before),
-        "load_avg_after": list(os.getloadavg()),
-        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "tokenizer_fingerprint": fp,
-        "spec": asdict(replace(spec, with_canaries=False)),
-        "canary_model_key": spec.key(),
-        "torch": torch.__version__,
-    }
+    meta = _training_meta(RETRAIN_VERSION, stats, load_before, fp, spec,
+                          spec=asdict(replace(spec, with_canaries=False)))
     with atomic_dir(root) as tmp:
         model.save_pretrained(tmp / "model", safe_serialization=True)
         tokenizer.save_pretrained(tmp / "model")
@@ -169,21 +175,7 @@ def load_or_train_twin(
             return RetrainOutcome(model, tok, root, float(meta["seconds"]), True, meta)
     load_before = os.getloadavg()
     model, stats = train_demo_model(spec, tokenizer, twin_corpus(spec, substitutes))
-    meta = {
-        "version": TWIN_VERSION,
-        "seconds": stats.seconds,
-        "steps": stats.steps,
-        "final_loss": stats.final_loss,
-        "torch_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "load_avg_before": list(load_before),
-        "load_avg_after": list(os.getloadavg()),
-        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "tokenizer_fingerprint": fp,
-        "substitutes_key": sub_key,
-        "canary_model_key": spec.key(),
-        "torch": torch.__version__,
-    }
+    meta = _training_meta(TWIN_VERSION, stats, load_before, fp, spec, substitutes_key=sub_key)
     with atomic_dir(root) as tmp:
         model.save_pretrained(tmp / "model", safe_serialization=True)
         tokenizer.save_pretrained(tmp / "model")

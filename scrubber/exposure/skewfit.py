@@ -78,8 +78,13 @@ def refit_weighted(
     likelihood objective; a fit stops when its objective stops improving
     (relative 1e-10) or its damping saturates.  Returns ``[B, 3]``.
     """
-    x = np.asarray(x, dtype=np.float64)
-    w = np.asarray(weights, dtype=np.float64)
+    # A trial step far into the tail overflows (inf/nan objective); it is then simply not accepted
+    # (``f2 <= f`` is False), so numpy's warnings carry no information for the user.
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        return _refit(np.asarray(x, dtype=np.float64), np.asarray(weights, dtype=np.float64), start, max_iter)
+
+
+def _refit(x: np.ndarray, w: np.ndarray, start: SkewNormParams, max_iter: int) -> np.ndarray:
     b = w.shape[0]
     theta = np.tile([start[0], start[1], math.log(start[2])], (b, 1))
     damping = np.full(b, 1e-4)

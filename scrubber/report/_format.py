@@ -28,24 +28,24 @@ def count(n: int | None) -> str:
     return "–" if n is None else f"{n:,}"
 
 
+def _before_after(name: str, before: float, after: float | None, pct: float | None, digits: int) -> str:
+    s = f"{name} {num(before, digits)}"
+    if after is not None:
+        s += f" → {num(after, digits)}" + (f" ({pct:+.2f}%)" if pct is not None else "")
+    return s
+
+
 def utility_line(u: Utility) -> str:
     if u.perplexity_before is None and u.bits_per_byte_before is None:
         return "Held-out utility: not measured (no eval data)."
-    parts = []
-    if u.bits_per_byte_before is not None:
-        s = f"bits per byte {num(u.bits_per_byte_before, 4)}"
-        if u.bits_per_byte_after is not None:
-            s += f" → {num(u.bits_per_byte_after, 4)}"
-            if u.bits_per_byte_change_pct is not None:
-                s += f" ({u.bits_per_byte_change_pct:+.2f}%)"
-        parts.append(s)
-    if u.perplexity_before is not None:
-        s = f"token perplexity {num(u.perplexity_before, 2)}"
-        if u.perplexity_after is not None:
-            s += f" → {num(u.perplexity_after, 2)}"
-            if u.perplexity_change_pct is not None:
-                s += f" ({u.perplexity_change_pct:+.2f}%)"
-        parts.append(s)
+    parts = [
+        _before_after(name, before, after, pct, digits)
+        for name, before, after, pct, digits in (
+            ("bits per byte", u.bits_per_byte_before, u.bits_per_byte_after, u.bits_per_byte_change_pct, 4),
+            ("token perplexity", u.perplexity_before, u.perplexity_after, u.perplexity_change_pct, 2),
+        )
+        if before is not None
+    ]
     where = []
     if u.eval_documents is not None:
         where.append(f"{u.eval_documents:,} documents")
