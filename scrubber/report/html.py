@@ -68,9 +68,10 @@ def _canaries(r: Report, max_plots: int) -> str:
             escape(F.exposure(c.after)), escape(c.after.exposure_method if c.after else "–"),
             escape(F.yes_no(c.before.extracted)), escape(F.yes_no(c.after.extracted if c.after else None)),
             f"<code>{escape(c.substitute)}</code>" if c.substitute else "–",
+            escape(c.nonmember.verdict if c.nonmember else "–"),
         ], level(c.current().exposure, c.id, r.gate)))
     head = ["id", "format", "secret", "reps", "max", "exposure before", "method", "after", "method",
-            "extracted before", "extracted after", "substitute"]
+            "extracted before", "extracted after", "substitute", "non-member"]
     parts = ["<h2>Canaries</h2>", '<p class="muted">Exposure in bits with its confidence interval; ≥ marks an '
              "estimate capped at log2|R|. Extracted: greedy decoding from the prefix reproduces the secret.</p>",
              _table(head, rows)]

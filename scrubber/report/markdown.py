@@ -49,6 +49,7 @@ def _canary_rows(r: Report) -> list[list[str]]:
             c.before.exposure_method,
             F.exposure(c.after),
             F.yes_no(c.before.extracted) + " / " + F.yes_no(c.after.extracted if c.after else None),
+            c.nonmember.verdict if c.nonmember else "–",
         ])
     return rows
 
@@ -114,7 +115,8 @@ def render_markdown(report: Report, max_rows: int = 50) -> str:
     if r.canaries:
         lines += ["", "### Canaries", "", "Exposure in bits (confidence interval); after = scrubbed model.", ""]
         lines += _table(
-            ["id", "format", "secret", "reps", "max", "exposure before", "method", "after", "extracted before / after"],
+            ["id", "format", "secret", "reps", "max", "exposure before", "method", "after", "extracted before / after",
+             "non-member"],
             _canary_rows(r), max_rows,
         )
     if r.findings or (r.command == "scan" and not r.canaries):
