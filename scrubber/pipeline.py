@@ -302,6 +302,12 @@ def nonmember_sections(loaded: LoadedModel, canaries: Sequence[Canary], cfg: Scr
     ) for v in summary.verdicts}
 
 
+def _check_reference(cfg: ScrubConfig) -> None:
+    """A missing --reference-model is reported before minutes of work, not after."""
+    if cfg.reference_model is not None and not Path(cfg.reference_model).exists():
+        raise ScrubberError(f"--reference-model {cfg.reference_model}: not found")
+
+
 def load_reference(cfg: ScrubConfig, like: LoadedModel) -> LoadedModel | None:
     """--reference-model (the clean twin or retrained model), on the scrubbed model's device."""
     if cfg.reference_model is None:
@@ -407,6 +413,7 @@ def scrub(model_dir: Path, cfg: ScrubConfig, progress: Progress | None = None,
         if cfg.out is None:
             raise ScrubberError("no output directory given (--out DIR)")
         check_output_dir(cfg.out, inputs=(Path(model_dir),), force=cfg.force)
+    _check_reference(cfg)
     retain_file = load_texts(cfg.retain_data) if cfg.retain_data else None
     inputs = load_inputs(model_dir, cfg, canaries)
     roles = assign_roles(inputs.eval_texts, cfg.eval_data, retain_file, cfg.retain_data)
@@ -529,6 +536,7 @@ def check_scrub(original_dir: Path, scrubbed_dir: Path, cfg: ScrubConfig,
     references), held-out utility of both, the non-member test and the relearning probe on the
     scrubbed model (and on --reference-model). Nothing is written but the report."""
     progress = progress or Silent()
+    _check_reference(cfg)
     retain_file = load_texts(cfg.retain_data) if cfg.retain_data else None
     original = load_inputs(original_dir, cfg)
     roles = assign_roles(original.eval_texts, cfg.eval_data, retain_file, cfg.retain_data)
