@@ -100,7 +100,9 @@ def test_bf16_scrub_step_through_pipeline(card_model, tmp_path):
     c = outcome.report.canaries[0]
     assert outcome.report.model.dtype == "bfloat16"
     assert c.before.exposure > 5
-    assert c.after.exposure < c.before.exposure - 2, (c.before.exposure, c.after.exposure)
+    # measured 9.96 -> 2.20 bits (float32: 2.12); before iterative kept a float32 master copy of
+    # 16-bit weights, bf16 lost the small steps to rounding and ended at 3.88
+    assert c.after.exposure < c.before.exposure - 2 and c.after.exposure <= 3.0, (c.before.exposure, c.after.exposure)
     save_scrubbed(outcome, tmp_path / "out", d)
     back = load_model(tmp_path / "out")
     assert back.dtype == "bfloat16"

@@ -43,7 +43,10 @@ def iterative(task: UpdateTask, settings: UpdateSettings, *, probe_every: int = 
     steps = 0
     last_ok = 0
     halvings = 0
-    checkpoint = sel.values()  # weights at the last probe that kept the utility bound
+    checkpoint = sel.values().float()  # weights at the last probe that kept the utility bound
+    # 16-bit weights lose steps this small to rounding (a bf16 scrub ended at 3.88 bits where
+    # float32 reached 1.80): keep a float32 master copy, step it, and cast into the model
+    master = checkpoint.clone() if sel.dtype != torch.float32 else None
     bound_hit = False
     for steps in range(1, settings.max_steps + 1):
         if (steps - 1) % probe_every == 0:  # the probe costs more than a step: look every few
@@ -53,6 +56,8 @@ def iterative(task: UpdateTask, settings: UpdateSettings, *, probe_every: int = 
                 # and retry with half the step (a 135M model's top blocks broke a 2% bound within
                 # three steps of the default size and the scrub did nothing); give up after a few
                 sel.set_(checkpoint)
+                if master is not None:
+                    master.copy_(checkpoint)
                 history.append({"step": steps - 1, "retain_rise": rise, "reverted_to": last_ok,
                                 "step_norm": step_norm})
                 halvings += 1
@@ -61,7 +66,7 @@ def iterative(task: UpdateTask, settings: UpdateSettings, *, probe_every: int = 
                     break
                 step_norm /= 2
                 continue
-            checkpoint.copy_(sel.values())
+            checkpoint.copy_(master if master is not None else sel.values())
             last_ok = steps - 1
             exposures = task.exposures()
             if exposures:
@@ -83,7 +88,11 @@ def iterative(task: UpdateTask, settings: UpdateSettings, *, probe_every: int = 
         norm = float(g.norm())
         if norm == 0:
             break
-        sel.add_(g, alpha=-step_norm / max(norm, 1.0))  # clipped: never longer than step_norm
+        if master is not None:
+            master.add_(g.float(), alpha=-step_norm / max(norm, 1.0))
+            sel.set_(master)
+        else:
+            sel.add_(g, alpha=-step_norm / max(norm, 1.0))  # clipped: never longer than step_norm
         if task.progress:
             task.progress(steps, settings.max_steps)
     if not bound_hit and relative_rise(r0, task.retain_value()) > settings.max_retain_increase:
