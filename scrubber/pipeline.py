@@ -302,6 +302,33 @@ def nonmember_sections(loaded: LoadedModel, canaries: Sequence[Canary], cfg: Scr
     ) for v in summary.verdicts}
 
 
+def _inputs_with_roles(model_dir: Path, cfg: ScrubConfig, canaries: list[Canary] | None,
+                       progress: Progress) -> tuple[Inputs, DataRoles]:
+    """The model, canaries and text, with retain/tune/evaluation documents assigned (and said)."""
+    _check_reference(cfg)
+    retain_file = load_texts(cfg.retain_data) if cfg.retain_data else None
+    inputs = load_inputs(model_dir, cfg, canaries)
+    roles = assign_roles(inputs.eval_texts, cfg.eval_data, retain_file, cfg.retain_data)
+    progress.log(f"data roles: {roles.rule}")
+    return inputs, roles
+
+
+def judge_scrubbed(loaded: LoadedModel, canaries: Sequence[Canary], reports: Sequence[CanaryReport],
+                   refs: dict[str, list[str]], exclude: dict[str, list[str]], subs: dict[str, str],
+                   retain: Sequence[str], cfg: ScrubConfig, progress: Progress, *,
+                   relearn: bool) -> Robustness | None:
+    """What a scrubbed model is judged by beyond exposure, for ``scrub`` and ``check-scrub`` alike:
+    the non-member test, fidelity to --reference-model, and (``relearn``) the relearning probe."""
+    with progress.stage("non-member test"):
+        tests = nonmember_sections(loaded, canaries, cfg, exclude)
+    for rep in reports:
+        rep.nonmember = tests.get(rep.id)
+    ref = load_reference(cfg, loaded)
+    if ref is not None:
+        add_fidelity(reports, Inputs(ref, list(canaries), None), cfg, refs, progress)
+    return robustness_section(loaded, canaries, subs, retain, cfg, progress, ref) if relearn else None
+
+
 def _check_reference(cfg: ScrubConfig) -> None:
     """A missing --reference-model is reported before minutes of work, not after."""
     if cfg.reference_model is not None and not Path(cfg.reference_model).exists():
@@ -413,11 +440,7 @@ def scrub(model_dir: Path, cfg: ScrubConfig, progress: Progress | None = None,
         if cfg.out is None:
             raise ScrubberError("no output directory given (--out DIR)")
         check_output_dir(cfg.out, inputs=(Path(model_dir),), force=cfg.force)
-    _check_reference(cfg)
-    retain_file = load_texts(cfg.retain_data) if cfg.retain_data else None
-    inputs = load_inputs(model_dir, cfg, canaries)
-    roles = assign_roles(inputs.eval_texts, cfg.eval_data, retain_file, cfg.retain_data)
-    progress.log(f"data roles: {roles.rule}")
+    inputs, roles = _inputs_with_roles(model_dir, cfg, canaries, progress)
     loaded = inputs.loaded
     refs = reference_sets(inputs.canaries, cfg)
     before = _measure(inputs, cfg, refs, progress, "before")
@@ -476,17 +499,10 @@ def scrub(model_dir: Path, cfg: ScrubConfig, progress: Progress | None = None,
     after = _measure(inputs, cfg, refs, progress, "after")
     util_after = _utility(loaded.model, loaded.tokenizer, roles.evaluation, cfg, progress)
     reports = canary_reports(inputs.canaries, before, after, subs, cfg.reveal)
-    with progress.stage("non-member test"):
-        probe_refs = task.probe.references if task.probe is not None else {}
-        exclude = {c.id: [*refs[c.id], *probe_refs.get(c.id, []), subs[c.id]] for c in inputs.canaries}
-        tests = nonmember_sections(loaded, inputs.canaries, cfg, exclude)
-    for rep in reports:
-        rep.nonmember = tests.get(rep.id)
-    ref = load_reference(cfg, loaded)
-    if ref is not None:
-        add_fidelity(reports, Inputs(ref, inputs.canaries, None), cfg, refs, progress)
-    robustness = (robustness_section(loaded, inputs.canaries, subs, roles.retain, cfg, progress, ref)
-                  if cfg.robustness or cfg.fail_on_relearn is not None else None)
+    probe_refs = task.probe.references if task.probe is not None else {}
+    exclude = {c.id: [*refs[c.id], *probe_refs.get(c.id, []), subs[c.id]] for c in inputs.canaries}
+    robustness = judge_scrubbed(loaded, inputs.canaries, reports, refs, exclude, subs, roles.retain, cfg, progress,
+                                relearn=cfg.robustness or cfg.fail_on_relearn is not None)
     if ripple is not None and ripple_before is not None:
         ripple_after = _measure(ripple, cfg, reference_sets(ripple.canaries, cfg), progress, "others, after")
         robustness = add_ripple(robustness, ripple_before, ripple_after)
@@ -536,11 +552,7 @@ def check_scrub(original_dir: Path, scrubbed_dir: Path, cfg: ScrubConfig,
     references), held-out utility of both, the non-member test and the relearning probe on the
     scrubbed model (and on --reference-model). Nothing is written but the report."""
     progress = progress or Silent()
-    _check_reference(cfg)
-    retain_file = load_texts(cfg.retain_data) if cfg.retain_data else None
-    original = load_inputs(original_dir, cfg)
-    roles = assign_roles(original.eval_texts, cfg.eval_data, retain_file, cfg.retain_data)
-    progress.log(f"data roles: {roles.rule}")
+    original, roles = _inputs_with_roles(original_dir, cfg, None, progress)
     refs = reference_sets(original.canaries, cfg)
     before = _measure(original, cfg, refs, progress, "original")
     util_before = _utility(original.loaded.model, original.loaded.tokenizer, roles.evaluation, cfg, progress)
@@ -550,15 +562,10 @@ def check_scrub(original_dir: Path, scrubbed_dir: Path, cfg: ScrubConfig,
     util_after = _utility(scrubbed.loaded.model, scrubbed.loaded.tokenizer, roles.evaluation, cfg, progress)
     subs, _ = make_substitutes(scrubbed.canaries, "random", cfg.seed, scrubbed.loaded)
     reports = canary_reports(scrubbed.canaries, before, after, None, cfg.reveal)
-    with progress.stage("non-member test"):
-        tests = nonmember_sections(scrubbed.loaded, scrubbed.canaries, cfg,
-                                   {c.id: [*refs[c.id], subs[c.id]] for c in scrubbed.canaries})
-    for rep in reports:
-        rep.nonmember = tests.get(rep.id)
-    ref = load_reference(cfg, scrubbed.loaded)
-    if ref is not None:
-        add_fidelity(reports, Inputs(ref, scrubbed.canaries, None), cfg, refs, progress)
-    robustness = robustness_section(scrubbed.loaded, scrubbed.canaries, subs, roles.retain, cfg, progress, ref)
+    exclude = {c.id: [*refs[c.id], subs[c.id]] for c in scrubbed.canaries}
+    robustness = judge_scrubbed(scrubbed.loaded, scrubbed.canaries, reports, refs, exclude, subs, roles.retain, cfg,
+                                progress, relearn=True)
+    assert robustness is not None
     utility = utility_section(util_before, util_after)
     report = Report(
         command="check-scrub",
