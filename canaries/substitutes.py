@@ -95,7 +95,7 @@ def make_substitute(
     """A benign same-shape replacement for ``secret``.
 
     ``random`` (default) and ``placeholder`` need no model; the model-guided
-    strategy lives in :mod:`scrubber.substitutes_model`.
+    strategy lives in :mod:`scrubber.edits.substitutes`.
     """
     if strategy == "random":
         return random_substitute(secret, fmt, rng if rng is not None else random.Random())
@@ -103,7 +103,7 @@ def make_substitute(
         return placeholder_substitute(secret, fmt)
     if strategy == "model":
         raise SubstituteError(
-            "the 'model' strategy needs a model: use scrubber.substitutes_model.model_guided_substitute"
+            "the 'model' strategy needs a model: use scrubber.edits.substitutes.model_guided_substitute"
         )
     raise SubstituteError(f"unknown substitute strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
 

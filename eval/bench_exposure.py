@@ -10,12 +10,12 @@ one run and checks they agree to 1e-4 bits:
 * ``batched``: what a competent ``transformers`` user writes: the same token
   sequences right-padded into batches with an attention mask, one forward per
   batch, ``log_softmax`` over the logits, ``gather`` at the secret positions;
-* ``ours``: :func:`scrubber.exposure.score_candidates` (prefix once through
+* ``ours``: :func:`scrubber.measure.exposure.score_candidates` (prefix once through
   the model and its KV reused, only secret tokens fed, LM head only where a
   score reads it, sibling candidates sharing their common token path).
 
 All three score exactly the same tokens (the secret's tokens located by
-offsets, :func:`scrubber.exposure.secret_tokens`); tokenization is timed for
+offsets, :func:`scrubber.measure.exposure.secret_tokens`); tokenization is timed for
 each.  Prints a JSON list, one entry per model shape, with candidates per
 second (``*_cps``) and the ratios.  Random weights: throughput does not depend
 on them.
@@ -40,7 +40,7 @@ import pydoc_data.topics  # noqa: E402
 import torch  # noqa: E402
 
 from canaries.formats import get_format  # noqa: E402
-from scrubber.exposure import score_candidates, secret_tokens  # noqa: E402
+from scrubber.measure.exposure import score_candidates, secret_tokens  # noqa: E402
 from scrubber.training.model_factory import small_causal_lm  # noqa: E402
 from scrubber.training.tokenizer import train_bpe_tokenizer  # noqa: E402
 

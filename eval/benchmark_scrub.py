@@ -12,10 +12,10 @@ What each row reports, and why:
   reference row. Neither is a utility target: the demo recipe's seed alone moves
   held-out bits per byte by 0.29 (1.52 vs 1.81, same canary corpus), so the
   bits-per-byte column compares each row with the model it started from.
-* **non-member test** (:mod:`scrubber.nonmember`): where each secret's score
+* **non-member test** (:mod:`scrubber.measure.nonmember`): where each secret's score
   sits among fresh random members of its format no model saw; counts inside /
   above (under-scrubbed) / below (over-scrubbed), two-sided level 0.05.
-* **bits per byte** on whole evaluation documents (:func:`scrubber.utility.document_utility`).
+* **bits per byte** on whole evaluation documents (:func:`scrubber.measure.utility.document_utility`).
 * extracted count (greedy decoding after the prefix), whole-call seconds
   (the method call including its own probes), token cost (forward + backward
   tokens through the model, :mod:`eval.baselines.cost`), and for tuned
@@ -62,18 +62,18 @@ from typing import Any, Callable, Sequence
 import torch
 
 from canaries import Canary
-from scrubber.atomic import write_text_atomic
-from scrubber.demo import DemoSpec, build_demo, corpus_split, default_cache_dir
-from scrubber.exposure.engine import measure_exposure, references_for
-from scrubber.extraction import greedy_extracts
-from scrubber.influence.objective import make_edit_pairs
-from scrubber.influence.params import add_lora_adapter, select_parameters
-from scrubber.models import load_model
-from scrubber.nonmember import NonmemberSummary, fidelity, nonmember_strings, nonmember_test
+from scrubber.io.atomic import write_text_atomic
+from scrubber.demo.build import DemoSpec, build_demo, corpus_split, default_cache_dir
+from scrubber.measure.exposure.engine import measure_exposure, references_for
+from scrubber.measure.extraction import greedy_extracts
+from scrubber.edits.objective import make_edit_pairs
+from scrubber.edits.params import add_lora_adapter, select_parameters
+from scrubber.io.checkpoint import load_model
+from scrubber.measure.nonmember import NonmemberSummary, fidelity, nonmember_strings, nonmember_test
 from scrubber.pipeline import make_substitutes, retain_blocks
-from scrubber.updates import METHODS, UpdateSettings
-from scrubber.updates.task import ExposureProbe, UpdateTask
-from scrubber.utility import UtilityResult, document_utility
+from scrubber.edits import METHODS, UpdateSettings
+from scrubber.edits.task import ExposureProbe, UpdateTask
+from scrubber.measure.utility import UtilityResult, document_utility
 
 from eval.baselines import BASELINES, BaselineConfig, load_or_retrain, load_or_train_twin
 from eval.baselines.cost import TokenCost, count_tokens
@@ -163,7 +163,7 @@ class DataRoles:
             return {"documents": len(docs), "bytes": sum(len(d.encode("utf-8")) for d in docs),
                     "first_lines": [d.strip().splitlines()[0][:60] for d in docs]}
 
-        return {"source": "pydoc_data.topics via scrubber.demo.corpus_split (whole documents)",
+        return {"source": "pydoc_data.topics via scrubber.demo.build.corpus_split (whole documents)",
                 "retain": {**info(self.retain), "from": "training documents (build_demo's retain sample)"},
                 "validation": {**info(self.validation), "from": "held-out, odd positions by length"},
                 "evaluation": {**info(self.evaluation), "from": "held-out, even positions by length"},
@@ -314,8 +314,8 @@ def _resolve(name: str) -> tuple[Callable | None, str, bool]:
         return BASELINES[base], f"eval.baselines.{base}", lora
     key = _registry_key(base)
     if key is not None:
-        return METHODS[key], f"scrubber.updates.METHODS[{key!r}]", lora
-    return None, f"{base!r} is not registered in scrubber.updates.METHODS", lora
+        return METHODS[key], f"scrubber.edits.METHODS[{key!r}]", lora
+    return None, f"{base!r} is not registered in scrubber.edits.METHODS", lora
 
 
 def _training_cost(outcome, spec: DemoSpec) -> TokenCost | None:

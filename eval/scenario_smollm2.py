@@ -147,7 +147,7 @@ def make_scenario_canaries(s: ScenarioSettings) -> list[Canary]:
 
 def _train_full(base: Path, texts: list[str], s: ScenarioSettings, out: Path) -> dict:
     """Fine-tune the top ``train_blocks`` blocks (+ final norm) and save safetensors."""
-    from scrubber.models import load_model, save_model
+    from scrubber.io.checkpoint import load_model, save_model
     from scrubber.training.train import TrainConfig, train_causal_lm
 
     loaded = load_model(base, attn_implementation="sdpa")
@@ -170,7 +170,7 @@ def _train_full(base: Path, texts: list[str], s: ScenarioSettings, out: Path) ->
 def _train_lora(base: Path, texts: list[str], s: ScenarioSettings, out: Path) -> dict:
     from peft import LoraConfig, get_peft_model
 
-    from scrubber.models import load_model
+    from scrubber.io.checkpoint import load_model
     from scrubber.training.train import TrainConfig, train_causal_lm
 
     loaded = load_model(base, attn_implementation="sdpa")

@@ -28,9 +28,9 @@ from pydantic import Field, field_validator
 from canaries import Canary, CanaryFileError, load_canaries
 from canaries.formats import FormatError, get_format
 from canaries.inject import InjectError, Manifest, inject, make_canaries
-from scrubber.atomic import atomic_dir, check_output_dir
+from scrubber.io.atomic import atomic_dir, check_output_dir
 from scrubber.config import ScanConfig, _Options
-from scrubber.data import pick_split, read_jsonl_records, read_plain_documents, read_saved_dataset
+from scrubber.io.data import pick_split, read_jsonl_records, read_plain_documents, read_saved_dataset
 from scrubber.errors import ScrubberError
 from scrubber.progress import Progress, Silent
 
@@ -226,7 +226,7 @@ def run_inject(cfg: InjectConfig) -> dict[str, Path]:
 def _load_trainable(model_dir: Path, cfg: TrainAuditConfig):
     """A checkpoint to fine-tune, or (config.json + tokenizer, no weights) a model to
     train from scratch, initialised under ``cfg.seed``."""
-    from scrubber.models import LoadedModel, load_model
+    from scrubber.io.checkpoint import LoadedModel, load_model
 
     d = Path(model_dir)
     has_weights = d.is_dir() and (any(d.glob("*.safetensors")) or any(d.glob("pytorch_model*.bin")))
@@ -267,7 +267,7 @@ def run_train(cfg: TrainAuditConfig, progress: Progress | None = None):
     if canaries_out.is_dir():
         raise ScrubberError(f"--canaries-out {canaries_out}: is a directory")
     if cfg.eval_data is not None:
-        from scrubber.data import load_texts
+        from scrubber.io.data import load_texts
 
         load_texts(cfg.eval_data)  # fail on bad eval data before training
     injected = inject_into(load_corpus(cfg.data, cfg.text_field), cfg)

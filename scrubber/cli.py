@@ -112,7 +112,7 @@ def _finish(report, cfg, default_base: Path | None, quiet: bool,
     ``extra`` follows it), and turn the gate into the exit code."""
     from scrubber.report import write_reports
     from scrubber.report.gate import gate_messages
-    from scrubber.summary import print_summary
+    from scrubber.report.summary import print_summary
 
     base = cfg.report or default_base
     if base is not None:
@@ -422,7 +422,7 @@ def demo(
 
     def go() -> int:
         from scrubber.config import DemoConfig, load_config
-        from scrubber.demo_run import run_demo
+        from scrubber.demo.run import run_demo
 
         cfg = load_config(DemoConfig, config, _overrides(
             out=out, method=method, rebuild=rebuild, force=force, cache_dir=cache_dir, formats=format,
@@ -539,7 +539,7 @@ def canaries_inject(
 def main() -> None:
     import warnings
 
-    from scrubber.models import _quiet_transformers
+    from scrubber.io.checkpoint import _quiet_transformers
 
     _quiet_transformers()  # library chatter would bury our one-line errors and the summary
     warnings.filterwarnings("ignore", category=UserWarning)

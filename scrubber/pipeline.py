@@ -19,14 +19,14 @@ from canaries import Canary, CanaryFileError, load_canaries
 from canaries.mask import mask_secret
 from canaries.public_values import public_test_value
 from canaries.substitutes import Allowlist, make_substitute
-from scrubber.atomic import atomic_dir, check_output_dir
+from scrubber.io.atomic import atomic_dir, check_output_dir
 from scrubber.config import ScanConfig, ScrubConfig
-from scrubber.data import DataRoles, assign_roles, load_texts
+from scrubber.io.data import DataRoles, assign_roles, load_texts
 from scrubber.errors import ScrubberError
-from scrubber.influence.objective import make_edit_pairs
-from scrubber.influence.params import add_lora_adapter, existing_lora_adapter, select_parameters
-from scrubber.measure import measure_canaries, reference_sets
-from scrubber.models import LoadedModel, load_model
+from scrubber.edits.objective import make_edit_pairs
+from scrubber.edits.params import add_lora_adapter, existing_lora_adapter, select_parameters
+from scrubber.measure.canary import measure_canaries, reference_sets
+from scrubber.io.checkpoint import LoadedModel, load_model
 from scrubber.progress import Progress, Silent
 from scrubber.report import (
     CanaryReport,
@@ -45,10 +45,10 @@ from scrubber.report import (
 )
 
 from scrubber.training.train import pack_texts
-from scrubber.updates import METHODS, UpdateSettings
-from scrubber.updates.task import ExposureProbe, UpdateTask
-from scrubber.utility import UtilityResult, document_utility
-from scrubber.verdict import scrub_verdict
+from scrubber.edits import METHODS, UpdateSettings
+from scrubber.edits.task import ExposureProbe, UpdateTask
+from scrubber.measure.utility import UtilityResult, document_utility
+from scrubber.judge.verdict import scrub_verdict
 
 
 @dataclass
@@ -259,7 +259,7 @@ def make_substitutes(
     subs: dict[str, str] = {}
     for c in canaries:
         if strategy == "model":
-            from scrubber.substitutes_model import model_guided_substitute
+            from scrubber.edits.substitutes import model_guided_substitute
 
             sub = model_guided_substitute(loaded.model, loaded.tokenizer, c.prefix, c.secret, c.fmt, rng)
         else:
@@ -289,7 +289,7 @@ def nonmember_sections(loaded: LoadedModel, canaries: Sequence[Canary], cfg: Scr
                        exclude: dict[str, list[str]]) -> dict[str, NonMemberTest]:
     """Where each scrubbed secret sits among fresh random values of its format that no model
     or method saw (``exclude``: the references, the probe's and the substitutes)."""
-    from scrubber.nonmember import nonmember_strings, nonmember_test
+    from scrubber.measure.nonmember import nonmember_strings, nonmember_test
 
     fresh = {c.id: nonmember_strings(c, cfg.n_nonmembers, cfg.seed, exclude=exclude.get(c.id, ()))
              for c in canaries}
@@ -358,7 +358,7 @@ def robustness_section(loaded: LoadedModel, canaries: Sequence[Canary], subs: di
                        retain: Sequence[str], cfg: ScrubConfig, progress: Progress,
                        ref: LoadedModel | None = None) -> Robustness:
     """The relearning probe on the scrubbed model (and on --reference-model), as a report section."""
-    from scrubber.robustness import RelearnSettings, relearn_probe, relearn_texts
+    from scrubber.judge.robustness import RelearnSettings, relearn_probe, relearn_texts
 
     reference = (ref.model, ref.tokenizer) if ref is not None else None
     settings = RelearnSettings(steps=cfg.relearn_steps, lr=cfg.relearn_lr, seed=cfg.seed)
@@ -401,7 +401,7 @@ def _ripple_inputs(inputs: Inputs, cfg: ScrubConfig) -> Inputs | None:
 
 def add_ripple(robustness: Robustness | None, before: dict[str, Measurement],
                after: dict[str, Measurement]) -> Robustness:
-    from scrubber.robustness import ripple_check
+    from scrubber.judge.robustness import ripple_check
 
     rows = ripple_check({k: (m.exposure, m.ci_high) for k, m in before.items()},
                         {k: (m.exposure, m.ci_low) for k, m in after.items()})

@@ -22,15 +22,15 @@ from canaries.substitutes import make_substitute  # noqa: E402
 from eval.baselines import BASELINES, BaselineConfig  # noqa: E402
 from eval.baselines.cost import count_tokens  # noqa: E402
 from eval.baselines.kfac_edit import keep_mask  # noqa: E402
-from scrubber.exposure import metrics  # noqa: E402
-from scrubber.exposure.engine import references_for  # noqa: E402
-from scrubber.exposure.scoring import score_candidates  # noqa: E402
-from scrubber.influence.objective import make_edit_pairs  # noqa: E402
-from scrubber.influence.params import select_parameters  # noqa: E402
+from scrubber.measure.exposure import metrics  # noqa: E402
+from scrubber.measure.exposure.engine import references_for  # noqa: E402
+from scrubber.measure.exposure.scoring import score_candidates  # noqa: E402
+from scrubber.edits.objective import make_edit_pairs  # noqa: E402
+from scrubber.edits.params import select_parameters  # noqa: E402
 from scrubber.training.model_factory import small_causal_lm  # noqa: E402
 from scrubber.training.train import TrainConfig, pack_texts, train_causal_lm  # noqa: E402
-from scrubber.updates.task import ExposureProbe, UpdateTask  # noqa: E402
-from scrubber.utility import document_utility  # noqa: E402
+from scrubber.edits.task import ExposureProbe, UpdateTask  # noqa: E402
+from scrubber.measure.utility import document_utility  # noqa: E402
 
 CANARY = Canary(id="door", prefix="The door code is ", secret="48213957", format="digits8")
 

@@ -13,10 +13,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `eval` lives at 
 from canaries import load_canaries  # noqa: E402
 from eval.baselines.retrain import load_or_train_twin  # noqa: E402
 from eval.benchmark_scrub import BenchConfig, data_roles, markdown_table, run_benchmark, write_outputs  # noqa: E402
-from scrubber.demo import DemoSpec  # noqa: E402
-from scrubber.models import load_model  # noqa: E402
+from scrubber.demo.build import DemoSpec  # noqa: E402
+from scrubber.io.checkpoint import load_model  # noqa: E402
 from scrubber.pipeline import make_substitutes  # noqa: E402
-from scrubber.updates import UpdateSettings  # noqa: E402
+from scrubber.edits import UpdateSettings  # noqa: E402
 
 TINY = DemoSpec(
     formats=("digits8", "password"),

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from canaries.canary import Canary
-from scrubber.budget import Budget, estimate_exposure, flops_per_token
-from scrubber.exposure import measure_exposure, references_for
-from scrubber.exposure.exact import ExactBudgetExceeded
+from scrubber.measure.budget import Budget, estimate_exposure, flops_per_token
+from scrubber.measure.exposure import measure_exposure, references_for
+from scrubber.measure.exposure.exact import ExactBudgetExceeded
 from scrubber.training.model_factory import small_causal_lm
 
 PREFIX = "The pin is "
@@ -135,8 +135,8 @@ def test_measure_canaries_logs_an_estimate_and_one_line_per_canary(tiny_gpt2, ti
     from pathlib import Path
 
     from scrubber.config import ExposureOptions
-    from scrubber.measure import measure_canaries, reference_sets
-    from scrubber.models import LoadedModel
+    from scrubber.measure.canary import measure_canaries, reference_sets
+    from scrubber.io.checkpoint import LoadedModel
     from scrubber.progress import LineProgress
 
     loaded = LoadedModel(model=tiny_gpt2, tokenizer=tiny_tokenizer, path=Path(tmp_path))
@@ -146,7 +146,7 @@ def test_measure_canaries_logs_an_estimate_and_one_line_per_canary(tiny_gpt2, ti
     log = io.StringIO()
     out = measure_canaries(loaded, cs, opts, reference_sets(cs, opts), progress=LineProgress(log, interval=0.0))
     text = log.getvalue()
-    from scrubber.exposure.tokens import secret_tokens
+    from scrubber.measure.exposure.tokens import secret_tokens
 
     planned = sum(501 * len(secret_tokens(tiny_tokenizer, PREFIX, [c.secret])[0].scored) for c in cs)
     assert f"estimate for exposure of {len(cs)} canaries: up to {planned:,} tokens" in text

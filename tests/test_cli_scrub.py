@@ -58,9 +58,9 @@ def judge(model_dir: Path) -> Judged:
     import pydoc_data.topics
 
     from canaries import Canary
-    from scrubber.exposure.engine import measure_exposure
-    from scrubber.models import load_model
-    from scrubber.utility import perplexity
+    from scrubber.measure.exposure.engine import measure_exposure
+    from scrubber.io.checkpoint import load_model
+    from scrubber.measure.utility import perplexity
 
     loaded = load_model(model_dir)
     canary = Canary(id="card", prefix=PREFIX, secret=SECRET, format="credit_card")
@@ -194,7 +194,7 @@ def test_scrub_layer_subset_and_lora_from_cli(extra, trained_dir, judged_input, 
     total = rep["model"]["n_parameters"]
     assert 0 < rep["scrub"]["n_parameters_updated"] < total
     _assert_scrubbed(judged_input, judge(out), **SCRUB_BOUNDS)
-    from scrubber.models import load_model
+    from scrubber.io.checkpoint import load_model
 
     reloaded = load_model(out)
     if "--lora" in extra and "--merge-lora" not in extra:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from scrubber.data import assign_roles
+from scrubber.io.data import assign_roles
 from scrubber.errors import ScrubberError
 
 DOCS = [f"document number {i} about topic {i % 7}" for i in range(40)]

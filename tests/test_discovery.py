@@ -138,7 +138,7 @@ def test_near_copies_merge_into_the_most_frequent_value():
 
 @pytest.fixture(scope="module")
 def loaded():
-    from scrubber.models import load_model
+    from scrubber.io.checkpoint import load_model
 
     return load_model(tiny_secret_model())
 

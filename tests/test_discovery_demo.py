@@ -21,10 +21,10 @@ import time
 import pytest
 import torch
 
-from scrubber.demo import DemoSpec, build_demo
+from scrubber.demo.build import DemoSpec, build_demo
 from scrubber.discovery.config import DiscoverScanConfig
 from scrubber.discovery.scan import run_discovery
-from scrubber.models import load_model
+from scrubber.io.checkpoint import load_model
 
 pytestmark = pytest.mark.slow
 

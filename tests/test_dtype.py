@@ -22,10 +22,10 @@ import torch
 
 from canaries.canary import Canary
 from conftest import CARD_PREFIX, CARD_SECRET, write_card_canary
-from scrubber.exposure.engine import measure_exposure, references_for
-from scrubber.exposure.scoring import score_candidates, score_token_spans
-from scrubber.exposure.tokens import SecretTokens
-from scrubber.models import load_model
+from scrubber.measure.exposure.engine import measure_exposure, references_for
+from scrubber.measure.exposure.scoring import score_candidates, score_token_spans
+from scrubber.measure.exposure.tokens import SecretTokens
+from scrubber.io.checkpoint import load_model
 
 SCORE_ABS_BITS = 1.0
 SCORE_REL = 0.01

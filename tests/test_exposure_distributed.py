@@ -14,8 +14,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from canaries.canary import Canary, dump_canaries
-from scrubber.exposure import measure_many
-from scrubber.exposure.distributed import score_candidates_sharded
+from scrubber.measure.exposure import measure_many
+from scrubber.measure.exposure.distributed import score_candidates_sharded
 
 CANARIES = [
     Canary(id="pin", prefix="The pin is ", secret="123", format="digits3"),
@@ -47,7 +47,7 @@ def test_two_cpu_processes_match_one(tmp_path, saved_tiny_model):
     cmd = [
         *_launcher(), "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
-        "-m", "scrubber.exposure.distributed", str(saved_tiny_model),
+        "-m", "scrubber.measure.exposure.distributed", str(saved_tiny_model),
         "--canaries", str(canary_file), "--out", str(out), "--cpu",
         "--n-references", str(OPTIONS["n_references"]), "--seed", str(OPTIONS["seed"]),
         "--batch-size", str(OPTIONS["batch_size"]),
@@ -82,6 +82,6 @@ def test_sharded_scorer_is_plain_scoring_in_one_process(tiny_gpt2, tiny_tokenize
 
     cands = [f"{i:03d}" for i in range(0, 1000, 37)]
     sharded = score_candidates_sharded(tiny_gpt2, tiny_tokenizer, "pin: ", cands, state=PartialState(cpu=True))
-    from scrubber.exposure import score_candidates
+    from scrubber.measure.exposure import score_candidates
 
     assert (sharded == score_candidates(tiny_gpt2, tiny_tokenizer, "pin: ", cands)).all()

@@ -13,7 +13,7 @@ import torch
 
 from canaries.canary import Canary
 from canaries.formats import SecretFormat, parse_pattern
-from scrubber.exposure import (
+from scrubber.measure.exposure import (
     exact_exposure,
     measure_exposure,
     measure_many,
@@ -209,7 +209,7 @@ def test_methods_agree_on_trained_model(memorizing_model, tiny_tokenizer):
 
 
 def test_reference_schedule_doubles_to_the_maximum():
-    from scrubber.exposure.engine import reference_schedule
+    from scrubber.measure.exposure.engine import reference_schedule
 
     assert reference_schedule(1000) == [32, 64, 128, 256, 512, 1000]
     assert reference_schedule(64) == [32, 64] and reference_schedule(10) == [10]

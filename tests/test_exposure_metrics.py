@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from scrubber.exposure import (
+from scrubber.measure.exposure import (
     cap_exposure,
     exposure_extrapolated,
     exposure_interpolated,
@@ -17,7 +17,7 @@ from scrubber.exposure import (
     interpolated_interval,
     interpolated_rank,
 )
-from scrubber.exposure.skewfit import refit_weighted
+from scrubber.measure.exposure.skewfit import refit_weighted
 
 
 def tf_privacy_interpolation(canaries: np.ndarray, references: np.ndarray) -> np.ndarray:

@@ -10,13 +10,13 @@ import torch
 from tokenizers import Tokenizer, processors
 from transformers import PreTrainedTokenizerFast
 
-from scrubber.exposure import (
+from scrubber.measure.exposure import (
     score_candidates,
     score_candidates_reference,
     score_token_spans,
     secret_tokens,
 )
-from scrubber.exposure.head import model_parts
+from scrubber.measure.exposure.head import model_parts
 
 TOL_BITS = 1e-4
 

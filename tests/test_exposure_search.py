@@ -13,7 +13,7 @@ import torch
 
 from canaries.canary import Canary
 from canaries.formats import SecretFormat, get_format, parse_pattern
-from scrubber.exposure import (
+from scrubber.measure.exposure import (
     SearchBudgetExceeded,
     exact_exposure,
     measure_exposure,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from scrubber.influence import (
+from scrubber.edits import (
     OutputLoss,
     causal_lm_output_loss,
     dense_hessian,
@@ -64,7 +64,7 @@ def test_exact_hvp_matches_dense_hessian(gpt2, gpt2_loss):
 def test_ggn_matches_explicit_jacobian_and_is_psd(gpt2, gpt2_loss):
     sel = select_parameters(gpt2, "transformer.h.1.mlp.c_proj.bias")
     ids = batch()
-    from scrubber.influence.hvp import _functional
+    from scrubber.edits.curvature import _functional
 
     f = _functional(sel, gpt2_loss.logits_fn)
     J = torch.autograd.functional.jacobian(lambda flat: f(*sel.unflatten(flat)), sel.values(), vectorize=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from scrubber.influence import (
+from scrubber.edits import (
     causal_lm_output_loss,
     certifiable_lm_head,
     certified_bound,

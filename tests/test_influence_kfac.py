@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from scrubber.influence import (
+from scrubber.edits import (
     KFAC,
     OutputLoss,
     causal_lm_output_loss,

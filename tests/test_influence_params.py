@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPTNeoXConfig, OPTConfig
 
-from scrubber.influence import (
+from scrubber.edits import (
     ParameterSelection,
     add_lora_adapter,
     existing_lora_adapter,

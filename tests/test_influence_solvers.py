@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from scrubber.influence import (
+from scrubber.edits import (
     causal_lm_output_loss,
     dense_hessian,
     inverse_hvp,

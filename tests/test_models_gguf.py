@@ -21,7 +21,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: E402
 
 from scrubber.errors import ScrubberError  # noqa: E402
-from scrubber.models import load_model, read_gguf_info, save_model  # noqa: E402
+from scrubber.io.checkpoint import load_model, read_gguf_info, save_model  # noqa: E402
 
 N_LAYER, D_MODEL, N_HEAD, N_KV, D_FF = 2, 64, 4, 2, 128
 MERGES = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("Ġ", "a"), ("i", "n"), ("1", "2")]

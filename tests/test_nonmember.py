@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from canaries import Canary
-from scrubber.exposure.engine import references_for
-from scrubber.exposure.tokens import secret_tokens
-from scrubber.nonmember import (
+from scrubber.measure.exposure.engine import references_for
+from scrubber.measure.exposure.tokens import secret_tokens
+from scrubber.measure.nonmember import (
     classify,
     fidelity,
     min_nonmembers,

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from canaries import Canary
 from conftest import CARD_PREFIX, CARD_SECRET, corpus_texts, write_card_canary
 from scrubber.cli import app
-from scrubber.robustness import RelearnSettings, relearn_probe, relearn_texts, ripple_check
+from scrubber.judge.robustness import RelearnSettings, relearn_probe, relearn_texts, ripple_check
 
 CANARY = Canary(id="card", prefix=CARD_PREFIX, secret=CARD_SECRET, format="credit_card",
                 documents=[CARD_PREFIX + CARD_SECRET] * 30)
@@ -54,7 +54,7 @@ def scrubbed_dir(card_model, tmp_path_factory):
 
 
 def test_probe_leaves_the_judged_model_untouched_and_the_twin_regains_nothing(twin_dir, tiny_tokenizer):
-    from scrubber.models import load_model
+    from scrubber.io.checkpoint import load_model
 
     twin = load_model(twin_dir)
     before = {k: v.clone() for k, v in twin.model.state_dict().items()}

@@ -54,7 +54,7 @@ def test_conversion_writes_a_clean_float32_checkpoint_once(converted):
 
 
 def test_gguf_direct_matches_converted_and_generates_sense(converted):
-    from scrubber.models import load_model
+    from scrubber.io.checkpoint import load_model
 
     _, d = converted
     st = load_model(d)

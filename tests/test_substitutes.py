@@ -16,7 +16,7 @@ from canaries.substitutes import (
     SubstituteError,
     make_substitute,
 )
-from scrubber.substitutes_model import model_guided_substitute
+from scrubber.edits.substitutes import model_guided_substitute
 
 CARD = "4539 1488 0343 6467"
 CASES = [("credit_card", CARD), ("credit_card_dashed", "4539-1488-0343-6467"),

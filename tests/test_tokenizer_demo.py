@@ -13,8 +13,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from scrubber.data import load_texts
-from scrubber.demo import DemoSpec, build_demo
+from scrubber.io.data import load_texts
+from scrubber.demo.build import DemoSpec, build_demo
 from scrubber.tokenizer_scan import VocabView, remove_tokens, scan_tokenizer
 
 pytestmark = pytest.mark.slow

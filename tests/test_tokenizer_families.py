@@ -20,13 +20,13 @@ import torch
 from canaries.canary import Canary
 from canaries.formats import get_format
 from canaries.substitutes import make_substitute
-from scrubber.context import encode_prompt, start_ids
-from scrubber.exposure import exact_exposure, measure_exposure, search_rank
-from scrubber.exposure.scoring import score_candidates
-from scrubber.exposure.search import SearchUnsupported
-from scrubber.exposure.tokens import secret_tokens
-from scrubber.extraction import continues_with, greedy_extracts
-from scrubber.substitutes_model import model_guided_substitute
+from scrubber.measure.context import encode_prompt, start_ids
+from scrubber.measure.exposure import exact_exposure, measure_exposure, search_rank
+from scrubber.measure.exposure.scoring import score_candidates
+from scrubber.measure.exposure.search import SearchUnsupported
+from scrubber.measure.exposure.tokens import secret_tokens
+from scrubber.measure.extraction import continues_with, greedy_extracts
+from scrubber.edits.substitutes import model_guided_substitute
 from scrubber.tokenizer_scan import scan_tokenizer
 from tests.tokenizer_families import FAMILIES, build, corpus, tiny_llama
 
@@ -164,7 +164,7 @@ def test_recited_secret_is_likely_after_the_document_start(family):
 
 
 # Scoring, training, extraction and substitutes all open a document with
-# ``scrubber.context.start_ids`` (BOS, else EOS). Before scoring did too, a T5-style model that
+# ``scrubber.measure.context.start_ids`` (BOS, else EOS). Before scoring did too, a T5-style model that
 # recites the pin scored it about 14 bits too high (it was asked about a context it never saw).
 @pytest.mark.parametrize("name", FAMILIES)
 def test_scoring_conditions_on_the_document_start(name):

@@ -16,14 +16,14 @@ import torch
 
 from canaries import Canary
 from canaries.substitutes import make_substitute
-from scrubber.exposure.engine import measure_exposure
-from scrubber.influence.objective import make_edit_pairs
-from scrubber.influence.params import select_parameters
+from scrubber.measure.exposure.engine import measure_exposure
+from scrubber.edits.objective import make_edit_pairs
+from scrubber.edits.params import select_parameters
 from scrubber.training.model_factory import small_causal_lm
 from scrubber.training.train import TrainConfig, pack_texts, train_causal_lm
-from scrubber.updates import METHODS, UpdateSettings, UpdateTask
-from scrubber.updates.task import ExposureProbe
-from scrubber.utility import perplexity
+from scrubber.edits import METHODS, UpdateSettings, UpdateTask
+from scrubber.edits.task import ExposureProbe
+from scrubber.measure.utility import perplexity
 
 PREFIX = "My credit card number is "
 SECRET = "4539 1488 0343 6467"

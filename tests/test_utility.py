@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from scrubber.utility import document_segments, document_utility, perplexity
+from scrubber.measure.utility import document_segments, document_utility, perplexity
 
 DOCS = [
     "The quick brown fox jumps over the lazy dog.\n\nA second paragraph of the same document.",

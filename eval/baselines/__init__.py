@@ -7,7 +7,7 @@
 * ``finetune``, ``gradient_ascent``, ``graddiff``, ``npo`` (open-unlearning), ``balanced_subnet``
   (Sakarvadia et al. 2025) and ``kfac_edit`` (arXiv 2510.24256): functions
   ``(UpdateTask, UpdateSettings | None, *, config=BaselineConfig()) -> UpdateResult``,
-  the same interface as ``scrubber.updates.METHODS``, updating ``task.selection``.
+  the same interface as ``scrubber.edits.METHODS``, updating ``task.selection``.
 """
 
 from ._common import BaselineConfig

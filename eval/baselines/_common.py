@@ -25,9 +25,9 @@ from typing import Callable, Sequence
 
 import torch
 
-from scrubber.influence.objective import encode_with_spans, token_nll
-from scrubber.influence.residual import gradient_residual
-from scrubber.updates.task import UpdateResult, UpdateTask, relative_rise
+from scrubber.edits.objective import encode_with_spans, token_nll
+from scrubber.edits.residual import gradient_residual
+from scrubber.edits.task import UpdateResult, UpdateTask, relative_rise
 
 
 @dataclass

@@ -26,8 +26,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from scrubber.influence.residual import gradient_residual
-from scrubber.updates.task import UpdateResult, UpdateSettings, UpdateTask
+from scrubber.edits.residual import gradient_residual
+from scrubber.edits.task import UpdateResult, UpdateSettings, UpdateTask
 
 from ._common import BaselineConfig, forget_nll, linear_schedule, retain_nll, sample_retain
 from .kfac_edit import mlp_weights

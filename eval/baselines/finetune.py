@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from scrubber.updates.task import UpdateResult, UpdateSettings, UpdateTask
+from scrubber.edits.task import UpdateResult, UpdateSettings, UpdateTask
 
 from ._common import BaselineConfig, optimize, sequence_nll
 

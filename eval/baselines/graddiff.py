@@ -7,7 +7,7 @@ one random retain block drawn per forget item (their forget-anchored pairing).
 
 from __future__ import annotations
 
-from scrubber.updates.task import UpdateResult, UpdateSettings, UpdateTask
+from scrubber.edits.task import UpdateResult, UpdateSettings, UpdateTask
 
 from ._common import BaselineConfig, forget_nll, optimize, retain_nll, sample_retain
 

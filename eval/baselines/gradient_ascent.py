@@ -7,7 +7,7 @@ baseline that forgets by breaking the model, which is the point of showing it.
 
 from __future__ import annotations
 
-from scrubber.updates.task import UpdateResult, UpdateSettings, UpdateTask
+from scrubber.edits.task import UpdateResult, UpdateSettings, UpdateTask
 
 from ._common import BaselineConfig, forget_nll, optimize
 

@@ -12,7 +12,7 @@ the components holding the top ``keep_mass`` of the total curvature and sets
 the rest to zero: ``W ← U_G (C ⊙ M) U_Aᵀ``. It reads neither the canaries nor
 their substitutes, so it is the same edit whatever is memorized.
 
-Factors come from :class:`scrubber.influence.kfac.KFAC` (Fisher with labels
+Factors come from :class:`scrubber.edits.kfac.KFAC` (Fisher with labels
 sampled from the model: its expectation is the GGN). Biases are left as they are.
 """
 
@@ -22,10 +22,10 @@ import time
 
 import torch
 
-from scrubber.influence.kfac import KFAC
-from scrubber.influence.params import ParameterSelection, select_parameters
-from scrubber.influence.residual import gradient_residual
-from scrubber.updates.task import UpdateResult, UpdateSettings, UpdateTask
+from scrubber.edits.kfac import KFAC
+from scrubber.edits.params import ParameterSelection, select_parameters
+from scrubber.edits.residual import gradient_residual
+from scrubber.edits.task import UpdateResult, UpdateSettings, UpdateTask
 
 KEEP_MASS = 0.9
 N_BLOCKS = 64

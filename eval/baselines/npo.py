@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from scrubber.updates.task import UpdateResult, UpdateSettings, UpdateTask
+from scrubber.edits.task import UpdateResult, UpdateSettings, UpdateTask
 
 from ._common import BaselineConfig, forget_nll, optimize, retain_nll, sample_retain
 

@@ -1,6 +1,6 @@
 """Retrain from scratch without the canaries: the gold standard every scrub is compared with.
 
-The recipe is ``scrubber.demo.build_demo``'s, step for step (same split of
+The recipe is ``scrubber.demo.build.build_demo``'s, step for step (same split of
 ``pydoc_data.topics``, architecture, seed, optimizer, schedule, epochs), with
 two differences: the canaries are not injected, and the tokenizer is not
 trained again but taken from the canary model. Exposure is a property of
@@ -27,8 +27,8 @@ from typing import Callable
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from scrubber.atomic import atomic_dir
-from scrubber.demo import DemoSpec, corpus_split, default_cache_dir, train_demo_model
+from scrubber.io.atomic import atomic_dir
+from scrubber.demo.build import DemoSpec, corpus_split, default_cache_dir, train_demo_model
 from scrubber.training.train import TrainStats
 
 RETRAIN_VERSION = 1
@@ -132,7 +132,7 @@ def twin_corpus(spec: DemoSpec, substitutes: dict[str, str]) -> list[str]:
     seed), so the twin differs from the canary model only in the secrets' characters.
     """
     from canaries.inject import inject, make_canaries
-    from scrubber.demo import DEMO_PREFIXES
+    from scrubber.demo.build import DEMO_PREFIXES
 
     train_docs, _heldout = corpus_split(spec.seed, spec.heldout_fraction)
     canaries = make_canaries(list(spec.formats), list(spec.repetitions), prefixes=DEMO_PREFIXES, seed=spec.seed)

@@ -31,10 +31,10 @@ from canaries.canary import Canary
 from canaries.formats import get_format
 from canaries.mask import mask_secret
 from scrubber.config import ExposureOptions
-from scrubber.context import encode_prompt
+from scrubber.measure.context import encode_prompt
 from scrubber.discovery.candidates import Candidate, Occurrence
-from scrubber.exposure.engine import ExposureResult, measure_exposure
-from scrubber.extraction import greedy_extracts
+from scrubber.measure.exposure.engine import ExposureResult, measure_exposure
+from scrubber.measure.extraction import greedy_extracts
 
 _LN2 = math.log(2.0)
 #: Values whose screening exposure reaches this fraction of the threshold get the full measurement.

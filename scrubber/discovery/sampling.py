@@ -1,7 +1,7 @@
 """Seeded, batched sampling from bait prompts and from the document-start token.
 
 Every prompt is encoded as it would open a training document
-(:func:`scrubber.context.encode_prompt`), and samples of one prompt go through
+(:func:`scrubber.measure.context.encode_prompt`), and samples of one prompt go through
 ``generate`` together (same length, so no padding). Each batch draws from its
 own seed (``seed``, the prompt's position and the batch's), inside a forked RNG,
 so a scan is reproducible and does not disturb the caller's random state.
@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from scrubber.context import encode_prompt
+from scrubber.measure.context import encode_prompt
 from scrubber.discovery.baits import UNCONDITIONAL, Bait
 
 Advance = Callable[[int, int], None]

@@ -26,8 +26,8 @@ from scrubber.discovery.config import DiscoverScanConfig, DiscoveryOptions
 from scrubber.discovery.judge import Judgement, judge_candidates
 from scrubber.discovery.sampling import SamplingSettings, sample_generations
 from scrubber.errors import ScrubberError
-from scrubber.measure import to_measurement
-from scrubber.models import LoadedModel
+from scrubber.measure.canary import to_measurement
+from scrubber.io.checkpoint import LoadedModel
 from scrubber.progress import Progress, Silent
 from scrubber.report import FindingReport, Report
 
@@ -130,9 +130,9 @@ def scan_report(
     """The ``scan`` command: known canaries (if a canary file is given), discovery
     (without one, or with ``discover``), utility, gate."""
     from scrubber import pipeline
-    from scrubber.measure import measure_canaries, reference_sets
+    from scrubber.measure.canary import measure_canaries, reference_sets
     from scrubber.report import ModelInfo, Utility, compute_gate
-    from scrubber.utility import perplexity
+    from scrubber.measure.utility import perplexity
 
     progress = progress or Silent()
     known = canaries is not None or cfg.canaries is not None

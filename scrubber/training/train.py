@@ -94,7 +94,7 @@ def train_causal_lm(
             loss = model(input_ids=batch, labels=batch).loss
             objective = loss
             if cfg.grad_restriction_alpha > 0:
-                from scrubber.influence.iau import gradient_restriction_penalty
+                from scrubber.edits.iau import gradient_restriction_penalty
 
                 objective = loss + gradient_restriction_penalty(
                     loss, params, cfg.grad_restriction_alpha

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from scrubber.context import encode_prompt
+from scrubber.measure.context import encode_prompt
 
 
 def _decode(tokenizer: PreTrainedTokenizerBase, ids) -> str:

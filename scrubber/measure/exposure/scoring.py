@@ -1,7 +1,7 @@
 """Log-perplexity of secret candidates given a prefix, in bits.
 
 ``score(candidate) = -sum_i log2 p(tok_i | context, tok_<i)`` over the tokens
-covering the candidate (see :mod:`scrubber.exposure.tokens`).  Lower means the
+covering the candidate (see :mod:`scrubber.measure.exposure.tokens`).  Lower means the
 model finds the candidate more likely.
 
 :func:`score_candidates` is the fast path: each distinct context runs once and
@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from scrubber.exposure.head import ModelParts, model_parts, row_logprobs
-from scrubber.exposure.tokens import SecretTokens, secret_tokens
+from scrubber.measure.exposure.head import ModelParts, model_parts, row_logprobs
+from scrubber.measure.exposure.tokens import SecretTokens, secret_tokens
 
 Progress = Callable[[int, int], None]
 """Called as ``progress(n_done, n_total)`` after each scored batch."""

@@ -18,8 +18,8 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from canaries.formats import SecretFormat
-from scrubber.budget import Budget
-from scrubber.exposure.scoring import DType, Progress, score_candidates
+from scrubber.measure.budget import Budget
+from scrubber.measure.exposure.scoring import DType, Progress, score_candidates
 
 DEFAULT_EXACT_LIMIT = 100_000
 
@@ -90,7 +90,7 @@ def exact_exposure(
     The secret's own score is taken from the same enumeration pass, so it is
     compared with the others under identical batching and arithmetic.
     ``scorer`` (signature of :func:`score_candidates`) lets a caller shard the
-    work, e.g. :func:`scrubber.exposure.distributed.sharded_scorer`.
+    work, e.g. :func:`scrubber.measure.exposure.distributed.sharded_scorer`.
 
     Under a ``budget`` the members are scored in growing chunks (the first of
     1,024); after each, the time (at the rate measured so far) and FLOPs

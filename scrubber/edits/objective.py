@@ -15,8 +15,8 @@ from typing import Literal, Sequence
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from scrubber.context import start_ids
-from scrubber.exposure.head import model_parts
+from scrubber.measure.context import start_ids
+from scrubber.measure.exposure.head import model_parts
 
 LossSpan = Literal["secret", "sequence"]
 
@@ -107,7 +107,7 @@ def token_nll(model: PreTrainedModel, batch: EncodedTexts) -> torch.Tensor:
     sequence's): a full ``[pairs, seq, |V|]`` float32 logits tensor for 84 documents of a
     49k-vocabulary model is gigabytes, allocated and freed every step, which is where a
     scrub's time went (half of it in the kernel). Models whose logits are not exactly
-    ``lm_head(hidden)`` (see :mod:`scrubber.exposure.head`) take the full forward.
+    ``lm_head(hidden)`` (see :mod:`scrubber.measure.exposure.head`) take the full forward.
     """
     parts = model_parts(model)
     tgt = batch.input_ids[:, 1:]

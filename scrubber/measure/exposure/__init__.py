@@ -9,7 +9,7 @@ accelerate), :mod:`.engine` (one call per
 canary, method chosen automatically).
 """
 
-from scrubber.exposure.engine import (
+from scrubber.measure.exposure.engine import (
     METHODS,
     ExposureResult,
     measure_exposure,
@@ -17,8 +17,8 @@ from scrubber.exposure.engine import (
     references_for,
     resolve_method,
 )
-from scrubber.exposure.exact import ExactExposure, exact_exposure, exact_rank
-from scrubber.exposure.metrics import (
+from scrubber.measure.exposure.exact import ExactExposure, exact_exposure, exact_rank
+from scrubber.measure.exposure.metrics import (
     cap_exposure,
     exposure_extrapolated,
     exposure_from_fit,
@@ -28,18 +28,18 @@ from scrubber.exposure.metrics import (
     interpolated_interval,
     interpolated_rank,
 )
-from scrubber.exposure.scoring import (
+from scrubber.measure.exposure.scoring import (
     score_candidates,
     score_candidates_reference,
     score_token_spans,
 )
-from scrubber.exposure.search import (
+from scrubber.measure.exposure.search import (
     SearchBudgetExceeded,
     SearchResult,
     SearchUnsupported,
     search_rank,
 )
-from scrubber.exposure.tokens import SecretTokens, secret_tokens
+from scrubber.measure.exposure.tokens import SecretTokens, secret_tokens
 
 __all__ = [
     "METHODS",

@@ -10,7 +10,7 @@ How, and why it is exact
 
 A candidate's score is ``sum_k c(t_k)`` over its *canonical* tokens (the
 tokenizer's own tokenization of ``prefix + candidate``, see
-:mod:`scrubber.exposure.tokens`), with ``c(t_k) = -log2 p(t_k | t_<k) >= 0``.
+:mod:`scrubber.measure.exposure.tokens`), with ``c(t_k) = -log2 p(t_k | t_<k) >= 0``.
 Partial *strings* have no consistent partial score (BPE re-merges as
 characters are appended: ``" 12"`` may be one token, ``" 123"`` another), so we
 search over partial *token paths* instead:
@@ -98,8 +98,8 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from canaries.formats import SecretFormat
-from scrubber.exposure.head import model_parts
-from scrubber.exposure.scoring import (
+from scrubber.measure.exposure.head import model_parts
+from scrubber.measure.exposure.scoring import (
     DType,
     _ContextRunner,
     _device,
@@ -107,8 +107,8 @@ from scrubber.exposure.scoring import (
     resolve_dtype,
     score_candidates,
 )
-from scrubber.context import start_ids
-from scrubber.exposure.tokens import _encode, _fallback_start_token, secret_tokens
+from scrubber.measure.context import start_ids
+from scrubber.measure.exposure.tokens import _encode, _fallback_start_token, secret_tokens
 
 DEFAULT_MAX_RANK = 10_000
 DEFAULT_MAX_EXPANSIONS = 200_000

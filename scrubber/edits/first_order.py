@@ -12,8 +12,8 @@ import time
 
 import torch
 
-from scrubber.influence.residual import gradient_residual
-from scrubber.updates.task import (
+from scrubber.edits.residual import gradient_residual
+from scrubber.edits.task import (
     UpdateResult,
     UpdateSettings,
     UpdateTask,

@@ -2,7 +2,7 @@
 
 Product defaults live here, not in the engine (whose defaults are the plain
 Secret Sharer protocol): each canary gets its own time budget
-(:data:`scrubber.budget.DEFAULT_EXPOSURE_SECONDS` unless the options say
+(:data:`scrubber.measure.budget.DEFAULT_EXPOSURE_SECONDS` unless the options say
 otherwise) and adaptive reference counts, and a one-line cost estimate goes
 to the progress log before the first canary.
 """
@@ -15,12 +15,12 @@ from typing import Callable, Sequence
 import torch
 
 from canaries import Canary
-from scrubber.budget import DEFAULT_EXPOSURE_SECONDS, Budget, CostEstimate, estimate_exposure, flops_per_token
+from scrubber.measure.budget import DEFAULT_EXPOSURE_SECONDS, Budget, CostEstimate, estimate_exposure, flops_per_token
 from scrubber.config import ExposureOptions
-from scrubber.exposure.engine import ExposureResult, measure_exposure, references_for
-from scrubber.exposure.tokens import secret_tokens
-from scrubber.extraction import greedy_extracts
-from scrubber.models import LoadedModel
+from scrubber.measure.exposure.engine import ExposureResult, measure_exposure, references_for
+from scrubber.measure.exposure.tokens import secret_tokens
+from scrubber.measure.extraction import greedy_extracts
+from scrubber.io.checkpoint import LoadedModel
 from scrubber.progress import Progress, Silent
 from scrubber.report import Measurement
 

@@ -10,14 +10,14 @@ Methods (all in bits, all capped at ``log2|R|``, the format's largest exposure):
   interval over the references.
 * ``search``: exact rank by best-first search (:mod:`.search`), for secrets
   whose rank is small however large R is; the interval is the point itself.
-  Raises :class:`~scrubber.exposure.search.SearchBudgetExceeded` when the rank
+  Raises :class:`~scrubber.measure.exposure.search.SearchBudgetExceeded` when the rank
   exceeds ``max_rank`` or the search runs out of budget.
 * ``auto``: exact when ``|R| <= exact_limit``; else the extrapolated estimate,
   and when that puts the rank at or below ``max_rank`` a search (within its
   budget) replaces it with the exact rank; otherwise extrapolated.
   ``max_rank=0`` turns that upgrade off.
 
-Budgets (:class:`scrubber.budget.Budget`, per canary; none by default): the
+Budgets (:class:`scrubber.measure.budget.Budget`, per canary; none by default): the
 exact enumeration stops as soon as its remaining cost is predicted not to
 fit, and ``auto`` falls back to references; references are scored in batches
 and stop when the next would not fit (the first ``first_references`` are
@@ -62,11 +62,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from transformers import PreTrainedTokenizerBase
 
 from canaries.canary import Canary
-from scrubber.exposure import metrics
-from scrubber.budget import Budget, flops_per_token
-from scrubber.exposure.exact import DEFAULT_EXACT_LIMIT, ExactBudgetExceeded, exact_exposure
-from scrubber.exposure.scoring import DType, Progress, score_candidates
-from scrubber.exposure.search import (
+from scrubber.measure.exposure import metrics
+from scrubber.measure.budget import Budget, flops_per_token
+from scrubber.measure.exposure.exact import DEFAULT_EXACT_LIMIT, ExactBudgetExceeded, exact_exposure
+from scrubber.measure.exposure.scoring import DType, Progress, score_candidates
+from scrubber.measure.exposure.search import (
     DEFAULT_MAX_EXPANSIONS,
     DEFAULT_MAX_RANK,
     SearchBudgetExceeded,
@@ -74,7 +74,7 @@ from scrubber.exposure.search import (
     SearchUnsupported,
     search_rank,
 )
-from scrubber.exposure.tokens import secret_tokens
+from scrubber.measure.exposure.tokens import secret_tokens
 
 Method = Literal["auto", "exact", "search", "interpolated", "extrapolated"]
 METHODS: tuple[str, ...] = ("auto", "exact", "search", "interpolated", "extrapolated")
@@ -244,7 +244,7 @@ def measure_exposure(
     happens when it runs out); ``adaptive`` turns on the sequential reference
     rule (``n_references`` / the list given is then the maximum).  The
     defaults (no budget, not adaptive) are the plain Secret Sharer protocol;
-    :func:`scrubber.measure.measure_canaries` turns both on.  ``notify``
+    :func:`scrubber.measure.canary.measure_canaries` turns both on.  ``notify``
     receives one-line notes (search started, fallbacks) for a progress log.
     """
     t_start = time.perf_counter()

@@ -17,17 +17,17 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from canaries import Canary
-from scrubber.exposure import metrics
-from scrubber.exposure.engine import references_for
-from scrubber.exposure.scoring import score_candidates
-from scrubber.influence.objective import (
+from scrubber.measure.exposure import metrics
+from scrubber.measure.exposure.engine import references_for
+from scrubber.measure.exposure.scoring import score_candidates
+from scrubber.edits.objective import (
     EditPair,
     LossSpan,
     original_nll,
     retain_loss,
     substitute_nll,
 )
-from scrubber.influence.params import ParameterSelection
+from scrubber.edits.params import ParameterSelection
 
 
 @dataclass

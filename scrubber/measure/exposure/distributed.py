@@ -13,7 +13,7 @@ nature) runs on every process identically.
 
 Run it as::
 
-    accelerate launch --multi_gpu --num_processes 2 -m scrubber.exposure.distributed \\
+    accelerate launch --multi_gpu --num_processes 2 -m scrubber.measure.exposure.distributed \\
         MODEL_DIR --canaries canaries.jsonl --out exposures.json
 
 ``--multi_gpu`` is what makes ``accelerate launch`` start several processes
@@ -21,7 +21,7 @@ Run it as::
 module, the processes join a gloo group on CPU.  ``accelerate launch --cpu
 --num_processes N`` does *not* work for this: in accelerate 1.15 it starts a
 single process unless an MPI hostfile is given.  ``torchrun --nproc_per_node N
--m scrubber.exposure.distributed ...`` works too.  Without a launcher it runs
+-m scrubber.measure.exposure.distributed ...`` works too.  Without a launcher it runs
 as one process.
 """
 
@@ -40,8 +40,8 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from scrubber.exposure.scoring import DType, Progress, score_candidates, score_token_spans
-from scrubber.exposure.tokens import SecretTokens, secret_tokens
+from scrubber.measure.exposure.scoring import DType, Progress, score_candidates, score_token_spans
+from scrubber.measure.exposure.tokens import SecretTokens, secret_tokens
 
 
 def plan_batches(spans: Sequence[SecretTokens], batch_size: int) -> list[list[int]]:
@@ -147,15 +147,15 @@ def measure_distributed(
     state=None,
     **kwargs,
 ) -> dict:
-    """:func:`~scrubber.exposure.engine.measure_many` with reference/enumeration scoring sharded."""
-    from scrubber.exposure.engine import measure_many
+    """:func:`~scrubber.measure.exposure.engine.measure_many` with reference/enumeration scoring sharded."""
+    from scrubber.measure.exposure.engine import measure_many
 
     return measure_many(model, tokenizer, canaries, scorer=sharded_scorer(state), **kwargs)
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m scrubber.exposure.distributed",
+        prog="python -m scrubber.measure.exposure.distributed",
         description="Measure canary exposures with candidate scoring sharded over accelerate processes.",
     )
     p.add_argument("model_dir", help="directory with save_pretrained model and tokenizer")

@@ -35,9 +35,9 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from canaries import Canary
-from scrubber.extraction import greedy_extracts
+from scrubber.measure.extraction import greedy_extracts
 from scrubber.training.train import pack_texts
-from scrubber.updates.task import ExposureProbe
+from scrubber.edits.task import ExposureProbe
 
 #: Seed of the probe's own references: none of the report's, the update's or the non-member test's.
 RELEARN_REFERENCE_SEED = 31_337

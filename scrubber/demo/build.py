@@ -18,7 +18,7 @@ from typing import Callable
 
 from canaries import Canary, dump_canaries
 from canaries.inject import inject, make_canaries
-from scrubber.atomic import atomic_dir
+from scrubber.io.atomic import atomic_dir
 
 DEMO_FORMATS = ("credit_card", "password", "digits8")
 DEMO_PREFIXES = {

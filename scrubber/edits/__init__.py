@@ -1,6 +1,15 @@
-"""Influence-function updates: parameter selection, curvature products, solvers, K-FAC, IAU, residuals."""
+"""Edits: the update methods and the influence math they share.
 
-from .hvp import (
+Methods, one module each, all ``(UpdateTask, UpdateSettings) -> UpdateResult``
+(`METHODS`): `first_order`, `second_order`, `iau`, `iterative`. Their math, one
+module per concept: `params` (which tensors move), `objective` (the edit pairs
+and their losses), `curvature` (Hessian/GGN-vector products), `solvers` (CG,
+LiSSA), `kfac` (K-FAC/EK-FAC), `residual` (the gradient residual and the
+certified lm_head bound), `substitutes` (model-guided replacement values).
+`task` holds what every method receives and returns.
+"""
+
+from .curvature import (
     CurvatureProduct,
     OutputLoss,
     causal_lm_output_loss,
@@ -13,7 +22,9 @@ from .hvp import (
     make_ggn_vp,
     make_hvp,
 )
-from .iau import forget_gradient, gradient_restriction_penalty, iau_step
+from .first_order import first_order
+from .iau import forget_gradient, gradient_restriction_penalty, iau, iau_step
+from .iterative import iterative
 from .kfac import KFAC
 from .params import (
     PRESETS,
@@ -26,10 +37,26 @@ from .params import (
     select_parameters,
 )
 from .residual import certifiable_lm_head, certified_bound, gradient_residual, l2_regularized
-from .second_order import SecondOrderResult, curvature_operator, second_order_step
+from .second_order import SecondOrderResult, curvature_operator, second_order, second_order_step
 from .solvers import SolverInfo, inverse_hvp, top_eigenvalue
+from .task import UpdateResult, UpdateSettings, UpdateTask
+
+METHODS = {
+    "first-order": first_order,
+    "second-order": second_order,
+    "iau": iau,
+    "iterative": iterative,
+}
 
 __all__ = [
+    "METHODS",
+    "UpdateResult",
+    "UpdateSettings",
+    "UpdateTask",
+    "first_order",
+    "iau",
+    "iterative",
+    "second_order",
     "KFAC",
     "PRESETS",
     "CurvatureProduct",

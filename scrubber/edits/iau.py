@@ -15,15 +15,23 @@ direction whose descent forgets (−Σ∇ℓ(z) for plain removal, or
 Σ∇ℓ(z̃) − Σ∇ℓ(z) when z is replaced by a substitute z̃: `forget_gradient`
 builds either); `g_retain_sample` is ∇ of the mean loss on a sample of the
 remaining data.
+
+The update method `iau` takes one such step on an `UpdateTask`, its step
+size chosen like the first-order τ; `gradient_restriction_penalty` is the
+training-time half (`scrubber train --grad-restriction-alpha`).
 """
 
 from __future__ import annotations
 
+import time
 from typing import Iterable
 
 import torch
 
+from .first_order import choose_step
 from .params import ParameterSelection
+from .residual import gradient_residual
+from .task import UpdateResult, UpdateSettings, UpdateTask
 
 
 def forget_gradient(g_original: torch.Tensor, g_substitute: torch.Tensor | None = None) -> torch.Tensor:
@@ -84,3 +92,22 @@ def gradient_restriction_penalty(
     if not isinstance(sq, torch.Tensor):
         return loss.new_zeros(())
     return alpha * torch.sqrt(sq + eps).to(loss.dtype)
+
+
+def iau(task: UpdateTask, settings: UpdateSettings, *, retain_weight: float | None = None) -> UpdateResult:
+    start = time.perf_counter()
+    g_forget = task.forget_gradient()
+    g_retain = task.retain_gradient(16) if task.retain_blocks is not None else None
+    # The forget gradient sums over sequences, the retain one is a mean: put them on one scale.
+    w = float(len(task.pairs)) if retain_weight is None else retain_weight
+    direction = iau_step(g_forget, g_retain, 1.0, retain_weight=w)  # = −(g_f + w·g_r)
+    extra: dict = {"retain_weight": w}
+    if settings.tau is None:
+        tau, info = choose_step(task, direction, settings)
+        extra.update(info)
+    else:
+        tau = settings.tau
+    task.selection.add_(direction, alpha=tau)
+    seconds = time.perf_counter() - start
+    residual = gradient_residual(task.corrected_loss, task.selection)
+    return UpdateResult("iau", seconds, tau=tau, gradient_residual=residual, extra=extra)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from scrubber.atomic import atomic_dir
+from scrubber.io.atomic import atomic_dir
 from scrubber.config import DemoConfig
-from scrubber.demo import DemoSpec, build_demo
+from scrubber.demo.build import DemoSpec, build_demo
 from scrubber.errors import ScrubberError
 from scrubber.pipeline import save_scrubbed, scrub
 from scrubber.progress import Progress, Silent

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from transformers import PreTrainedTokenizerBase
-from scrubber.context import start_ids
+from scrubber.measure.context import start_ids
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ def secret_tokens(
 
     Special tokens the tokenizer adds (a leading BOS) stay in the context; a
     trailing EOS is dropped.  A tokenizer that adds no BOS gets the document-start
-    token training put there (:func:`scrubber.context.start_ids`: BOS, else EOS):
+    token training put there (:func:`scrubber.measure.context.start_ids`: BOS, else EOS):
     without it a T5-style tokenizer's model scored a pin it recites about 14 bits
     too high, because it was asked about a context it never saw.  Requires a fast
     tokenizer (offset mappings).

@@ -13,6 +13,11 @@ decides the step in every direction the sample did not see (measured: λ ≥
 10⁴ barely moved the secrets, λ ≤ 100 blew the model up). The exact Hessian
 of an LM is indefinite: use curvature="ggn" (default, PSD) or enough damping;
 CG reports negative curvature if it meets it.
+
+The update method `second_order` builds the GGN of a retain sample, damps it
+with 1e-2 of its top eigenvalue unless told otherwise, solves, and scales the
+result like the first-order τ (the sample's normalisation against the summed
+forget gradient is otherwise a guess).
 """
 
 from __future__ import annotations
@@ -24,10 +29,13 @@ from typing import Callable, Literal
 
 import torch
 
-from .hvp import CurvatureProduct, OutputLoss, make_ggn_vp, make_hvp
+from .curvature import CurvatureProduct, OutputLoss, causal_lm_output_loss, eager_attention, make_ggn_vp, make_hvp
+from .first_order import choose_step
 from .kfac import KFAC
 from .params import ParameterSelection
-from .solvers import SolverInfo, inverse_hvp
+from .residual import gradient_residual
+from .solvers import SolverInfo, inverse_hvp, top_eigenvalue
+from .task import UpdateResult, UpdateSettings, UpdateTask
 
 
 @dataclass
@@ -139,3 +147,35 @@ def second_order_step(
         selection.add_(delta)
         applied = True
     return SecondOrderResult(delta, info, curvature, solver, float(damping), c, applied)
+
+
+def second_order(task: UpdateTask, settings: UpdateSettings, *, curvature_blocks: int = 8) -> UpdateResult:
+    if task.retain_blocks is None:
+        raise ValueError("second-order needs retain data for the curvature (--retain-data or --eval-data)")
+    start = time.perf_counter()
+    with eager_attention(task.model):
+        g = task.forget_gradient()
+        blocks = task.retain_blocks[:curvature_blocks]
+        with task.selection.requires_grad_only():
+            out_loss = causal_lm_output_loss(task.model, blocks)
+            damping = settings.damping
+            if damping is None:
+                op = curvature_operator(out_loss, task.selection, settings.curvature)
+                damping = 1e-2 * max(top_eigenvalue(op, g, iters=10), 1e-8)
+            res = second_order_step(
+                out_loss, g, task.selection, curvature=settings.curvature, solver=settings.solver,
+                damping=damping, max_iter=50, tol=1e-3,
+            )
+    direction = res.delta
+    extra: dict = {"solver": res.info.method, "solver_iterations": res.info.iterations,
+                   "solver_relative_residual": res.info.relative_residual,
+                   "negative_curvature": res.info.negative_curvature}
+    if settings.tau is None:
+        t, info = choose_step(task, direction, settings)
+        extra.update(info)
+    else:
+        t = settings.tau
+    task.selection.add_(direction, alpha=t)
+    seconds = time.perf_counter() - start
+    residual = gradient_residual(task.corrected_loss, task.selection)
+    return UpdateResult("second-order", seconds, tau=t, damping=damping, gradient_residual=residual, extra=extra)

@@ -42,7 +42,7 @@ import numpy as np
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from canaries import Canary
-from scrubber.exposure.scoring import score_candidates
+from scrubber.measure.exposure.scoring import score_candidates
 
 Verdict = Literal["inside", "above", "below"]
 

@@ -19,7 +19,7 @@ import torch
 
 from canaries.formats import SecretFormat, luhn_check_digit
 from canaries.substitutes import SubstituteError
-from scrubber.context import encode_prompt, start_ids
+from scrubber.measure.context import encode_prompt, start_ids
 
 _DIGITS = "0123456789"
 

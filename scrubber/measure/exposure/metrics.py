@@ -35,7 +35,7 @@ from typing import Mapping, Sequence, TypeVar, Union
 import numpy as np
 from scipy import stats
 
-from scrubber.exposure.skewfit import SkewNormParams, fit_skewnorm as _mle, refit_weighted
+from scrubber.measure.exposure.skewfit import SkewNormParams, fit_skewnorm as _mle, refit_weighted
 
 ArrayLike = Union[float, Sequence[float], np.ndarray]
 K = TypeVar("K")

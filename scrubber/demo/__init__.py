@@ -1,0 +1,1 @@
+"""The built-in demo: a small model trained with injected canaries (`build`), and `scrubber demo` (`run`)."""

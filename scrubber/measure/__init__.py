@@ -1,0 +1,1 @@
+"""Measurement: exposure (Secret Sharer), greedy extraction, utility, and the non-member test."""
