@@ -1,6 +1,6 @@
 """Every scrub method and baseline on the same demo model, judged against its clean twin.
 
-    python -m eval.benchmark_scrub [--quick] [--out DIR] [--threads N] [--methods a,b,...]
+    python -m eval.benchmark_scrub [--quick] [--out DIR] [--threads N] [--methods a,b,...] [--no-relearn]
 
 What each row reports, and why:
 
@@ -16,6 +16,12 @@ What each row reports, and why:
   sits among fresh random members of its format no model saw; counts inside /
   above (under-scrubbed) / below (over-scrubbed), two-sided level 0.05.
 * **bits per byte** on whole evaluation documents (:func:`scrubber.measure.utility.document_utility`).
+* **relearning probe** (:mod:`scrubber.judge.robustness`, docs/robustness.md): a copy of each
+  row's model fine-tuned for the scrub command's default budget (30 AdamW steps; 2 with
+  ``--quick``) on cleaned data (canary documents with secrets → substitutes, plus retain text);
+  *regained* = peak exposure under the probe − exposure at step 0, max and mean over canaries,
+  next to the twin's under the same probe (probed once; same data, seed and references).
+  ``--no-relearn`` skips it (the runtimes before the probe existed).
 * extracted count (greedy decoding after the prefix), whole-call seconds
   (the method call including its own probes), token cost (forward + backward
   tokens through the model, :mod:`eval.baselines.cost`), and for tuned
@@ -74,6 +80,7 @@ from scrubber.pipeline import make_substitutes, retain_blocks
 from scrubber.edits import METHODS, UpdateSettings
 from scrubber.edits.task import ExposureProbe, UpdateTask
 from scrubber.measure.utility import UtilityResult, document_utility
+from scrubber.judge.robustness import RelearnCurve, RelearnResult, RelearnSettings, relearn_probe, relearn_texts
 
 from eval.baselines import BASELINES, BaselineConfig, load_or_retrain, load_or_train_twin
 from eval.baselines.cost import TokenCost, count_tokens
@@ -111,6 +118,10 @@ class BenchConfig:
     update: UpdateSettings = field(default_factory=UpdateSettings)
     grid: dict[str, list[dict]] | None = None
     """Per baseline, the grid points (keyword overrides); None: :func:`default_grid`."""
+    relearn: bool = True
+    """Run the relearning probe (docs/robustness.md) on every row and on the twin; False: the old runtimes."""
+    relearn_settings: RelearnSettings | None = None
+    """None: the scrub command's default probe (30 steps), or a 2-step probe with ``quick``."""
     log: Callable[[str], None] | None = None
 
     @property
@@ -120,6 +131,12 @@ class BenchConfig:
     @property
     def nonmembers(self) -> int:
         return self.n_nonmembers if self.n_nonmembers is not None else (199 if self.quick else 999)
+
+    @property
+    def relearn_probe_settings(self) -> RelearnSettings:
+        if self.relearn_settings is not None:
+            return self.relearn_settings
+        return RelearnSettings(steps=2, every=1, n_references=100) if self.quick else RelearnSettings()
 
     def method_list(self) -> tuple[str, ...]:
         if self.methods is not None:
@@ -245,6 +262,21 @@ def _row(method: str, m: Measured, before: Measured, gold: dict[str, float], sec
         "fidelity": fid.differences,
         "nonmember": m.nonmember.to_dict(),
         **extra,
+    }
+
+
+def relearn_columns(res: RelearnResult, twin: dict[str, RelearnCurve]) -> dict:
+    """A row's relearning probe judged against the twin's curves under the same probe (the twin is
+    probed once per benchmark: same data, seed and references, so every row shares one yardstick)."""
+    judged = RelearnResult(res.settings, res.curves, twin, res.seconds, res.tokens)
+    sm = judged.summary()
+    return {
+        "relearn_regained_max": sm.regained_max, "relearn_regained_mean": sm.regained_mean,
+        "twin_regained_max": sm.reference_regained_max, "twin_regained_mean": sm.reference_regained_mean,
+        "relearn_excess_max": sm.excess_max, "relearn_peak_max": sm.peak_max,
+        "relearn_extracted": len(sm.extracted_at_end), "relearn_extracted_ids": sm.extracted_at_end,
+        "relearn_seconds": res.seconds, "relearn_tokens": res.tokens,
+        "relearn_curves": {cid: c.exposures for cid, c in res.curves.items()},
     }
 
 
@@ -389,9 +421,29 @@ def run_benchmark(cfg: BenchConfig) -> dict:
 
     gm = measure(twin.model, tok, canaries, refs, nonmembers, roles.evaluation, cfg)
     gold = gm.exposures
+    rl = cfg.relearn_probe_settings
+    relearn_data = relearn_texts(canaries, subs, roles.retain)
+    twin_curves: dict[str, RelearnCurve] = {}
+    twin_relearn: dict = {}
+    if cfg.relearn:
+        log(f"relearning probe on the twin ({rl.steps} steps at lr {rl.lr:g})")
+        twin_res = relearn_probe(twin.model, tok, canaries, relearn_data, rl)
+        twin_curves = twin_res.curves
+        twin_relearn = relearn_columns(twin_res, twin_curves)
+
+    def relearned(model, tokenizer=None) -> dict:
+        if not cfg.relearn:
+            return {}
+        cols = relearn_columns(relearn_probe(model, tokenizer or tok, canaries, relearn_data, rl), twin_curves)
+        log(f"  relearn: regained max {cols['relearn_regained_max']:.1f} mean {cols['relearn_regained_mean']:.1f} "
+            f"bits (twin {cols['twin_regained_max']:.1f}/{cols['twin_regained_mean']:.1f}), "
+            f"peak − twin peak max {cols['relearn_excess_max']:+.1f}, {cols['relearn_seconds']:.0f}s")
+        return cols
+
     rows = [_row("twin (gold standard)", gm, before, gold, twin.seconds if not twin.cached else None,
                  _training_cost(twin, cfg.spec),
-                 source="eval.baselines.retrain.load_or_train_twin", reference=_gold_info(twin, "retrain on D′"))]
+                 source="eval.baselines.retrain.load_or_train_twin", reference=_gold_info(twin, "retrain on D′"),
+                 **twin_relearn)]
     del twin
     skipped: list[dict] = []
 
@@ -401,12 +453,14 @@ def run_benchmark(cfg: BenchConfig) -> dict:
             rt = load_or_retrain(cfg.spec, orig_tok, cache_dir)
             m = measure(rt.model, tok, canaries, refs, nonmembers, roles.evaluation, cfg)
             rows.append(_row(name, m, before, gold, rt.seconds if not rt.cached else None, _training_cost(rt, cfg.spec),
-                             source="eval.baselines.retrain.load_or_retrain", reference=_gold_info(rt, "retrain without canaries")))
+                             source="eval.baselines.retrain.load_or_retrain", reference=_gold_info(rt, "retrain without canaries"),
+                             **relearned(rt.model)))
             continue
         if name in ("no_op", "tokenizer_only"):
             m = before if name == "no_op" else measure(base_model, tok, canaries, refs, nonmembers, roles.evaluation, cfg)
             rows.append(_row(name, m, before, gold, 0.0, TokenCost(), source="no weight change",
-                             tokenizer="original" if name == "no_op" else "cleaned"))
+                             tokenizer="original" if name == "no_op" else "cleaned",
+                             **relearned(base_model, orig_tok if name == "no_op" else tok)))
             continue
         fn, source, lora = _resolve(name)
         if fn is None:
@@ -437,6 +491,7 @@ def run_benchmark(cfg: BenchConfig) -> dict:
             n_parameters_updated=task.selection.numel, steps=result.steps, tau=result.tau,
             gradient_residual=result.gradient_residual, tuning=tuning or None,
             details={k: v for k, v in result.extra.items() if isinstance(v, (int, float, str, bool))},
+            **relearned(task.model),
         ))  # details: e.g. balanced_subnet's weights_pruned, kfac_edit's components_kept
         r = rows[-1]
         log(f"  {name}: |after−twin| max {r['fidelity_max_abs']:.1f} mean {r['fidelity_mean_abs']:.1f} bits, "
@@ -481,6 +536,11 @@ def run_benchmark(cfg: BenchConfig) -> dict:
                         "eval_tokens": before.utility.n_tokens},
             "max_validation_rise": MAX_VALIDATION_RISE,
             "grid": grid,
+            "relearn": asdict(rl) if cfg.relearn else None,
+            "relearn_data": {"canary_documents": len(relearn_data) - len(roles.retain),
+                             "retain_documents": len(roles.retain),
+                             "what": "each canary's documents with its secret replaced by its substitute, "
+                                     "plus the retain documents (continued training on cleaned data)"},
             "update_settings": asdict(cfg.update),
             "lora_rank": cfg.lora_rank,
             "retain_blocks": 0 if blocks is None else int(blocks.shape[0]),
@@ -542,6 +602,30 @@ def markdown_table(result: dict) -> str:
         f"Timings: torch threads {s['torch_threads']} on {s['cpu_count']} CPUs, load average {load} at start, "
         f"{load_end} at end; whole run {s['total_seconds'] / 60:.1f} min.",
     ]
+    rl = s.get("relearn")
+    if rl:
+        lines_rl = [
+            "",
+            "| method | regained max (bits) | regained mean | twin regained max | twin mean | "
+            "max (peak − twin peak) | extracted after probe | probe seconds |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in result["methods"]:
+            if "relearn_regained_max" not in r:
+                continue
+            lines_rl.append(
+                f"| {r['method']} | {r['relearn_regained_max']:.1f} | {r['relearn_regained_mean']:.1f} | "
+                f"{r['twin_regained_max']:.1f} | {r['twin_regained_mean']:.1f} | {r['relearn_excess_max']:+.1f} | "
+                f"{r['relearn_extracted']}/{n} | {r['relearn_seconds']:.0f} |")
+        d = s["relearn_data"]
+        lines_rl.append(
+            f"\nRelearning probe (docs/robustness.md): a copy of each row's model fine-tuned for {rl['steps']} AdamW "
+            f"steps ({rl['batch_size']} blocks of {rl['block_size']} tokens, lr {rl['lr']:g}, all weights, LoRA "
+            f"merged) on {d['canary_documents']} canary documents with each secret replaced by its substitute plus "
+            f"{d['retain_documents']} retain documents; exposure every {rl['every']} steps against "
+            f"{rl['n_references']} references of the probe's own seed. Regained = peak under the probe − exposure "
+            "at step 0 (right after the scrub); the twin gets the same probe (same data, seed, references).")
+        lines += lines_rl
     for r in result["methods"]:
         t = r.get("tuning")
         if t:
@@ -567,6 +651,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--methods", default=None,
                    help=f"comma-separated subset of {','.join(DEFAULT_METHODS + LORA_METHODS)}")
     p.add_argument("--n-references", type=int, default=None)
+    p.add_argument("--no-relearn", action="store_true", help="skip the relearning probe (the old runtimes)")
+    p.add_argument("--relearn-steps", type=int, default=None,
+                   help="probe steps (default 30, or 2 with --quick)")
     p.add_argument("--seed", type=int, default=0, help="demo seed (selects the demo model)")
     return p.parse_args(argv)
 
@@ -578,7 +665,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     cfg = BenchConfig(
         spec=DemoSpec(seed=args.seed), cache_dir=args.cache_dir, out=args.out, quick=args.quick,
-        n_references=args.n_references, threads=args.threads, methods=methods,
+        n_references=args.n_references, threads=args.threads, methods=methods, relearn=not args.no_relearn,
+        relearn_settings=None if args.relearn_steps is None else RelearnSettings(
+            steps=args.relearn_steps, every=max(1, min(5, args.relearn_steps))),
         log=lambda msg: print(f"[benchmark] {msg}", file=sys.stderr, flush=True),
     )  # fmt: skip
     result = run_benchmark(cfg)

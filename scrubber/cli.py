@@ -7,6 +7,7 @@ error (a one-line message on stderr, never a traceback, nothing written).
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -53,6 +54,9 @@ RelearnStepsOpt = typer.Option(None, "--relearn-steps", help="Steps of the relea
 RelearnLrOpt = typer.Option(None, "--relearn-lr", help="AdamW learning rate of the relearning probe (default 5e-4).")
 ReferenceOpt = typer.Option(
     None, "--reference-model", help="Clean twin / retrained model: the relearning probe runs on it too.")
+RippleDiscoveryOpt = typer.Option(
+    None, "--ripple-discovery/--no-ripple-discovery",
+    help="A short discovery scan before and after: report secrets nobody listed that are new or rose.")
 FailRelearnOpt = typer.Option(
     None, "--fail-on-relearn",
     help="Verdict fails when the probe lifts a canary more than BITS above the reference (implies --robustness).")
@@ -192,7 +196,25 @@ def scan(
     temperature: Optional[float] = typer.Option(None, "--temperature", help="Sampling temperature (default 1.0)."),
     memorization_threshold: Optional[float] = typer.Option(
         None, "--memorization-threshold",
-        help="Bits of exposure from which a finding is memorized (default 20; see docs/scanning.md)."),
+        help="Exposure (bits) that counts as memorized without greedy extraction (default 20); below it a value "
+             "must be recited and significant at --false-alarm-rate (docs/scanning.md)."),
+    false_alarm_rate: Optional[float] = typer.Option(
+        None, "--false-alarm-rate", help="Family-wise false-alarm rate of the memorization rule over the scan (default 0.01)."),
+    anchor_search: Optional[bool] = typer.Option(
+        None, "--anchor-search/--no-anchor-search",
+        help="Discovery: continue the model's own samples where it is about to emit a number or key (default on)."),
+    anchor_top: Optional[int] = typer.Option(
+        None, "--anchor-top", help="Discovery: anchors continued, strongest first (default 96)."),
+    data: Optional[Path] = typer.Option(
+        None, "--data",
+        help="Training data to audit (streamed): .txt (documents split by blank lines), .jsonl (text field) or a "
+             "saved datasets dir. Every secret the detectors find is measured after its real context; "
+             "discovery then runs only with --discover."),
+    format_spec: Optional[list[str]] = typer.Option(
+        None, "--format-spec", help="With --data: also detect this format as a bare value, e.g. 'EMP-[0-9]{6}' or digits8 (repeatable)."),
+    max_data_secrets: Optional[int] = typer.Option(
+        None, "--max-data-secrets", help="With --data: distinct values measured at most, most frequent first (default 200)."),
+    text_field: Optional[str] = typer.Option(None, "--text-field", help="With --data: text field of .jsonl records / dataset rows (default text)."),
     eval_data: Optional[Path] = EvalOpt,
     report: Optional[Path] = ReportOpt,
     format: Optional[list[str]] = FormatOpt,
@@ -214,21 +236,23 @@ def scan(
     config: Optional[Path] = ConfigOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or summary."),
 ) -> None:
-    """Find memorized secrets (discovery), or measure known canaries (--canaries).
+    """Find memorized secrets (discovery), measure known canaries (--canaries), or audit the training data (--data).
 
-    Without --canaries (or with --discover) the model is sampled from bait prompts and from the document start, secret-shaped values are detected, and each is judged by its exposure (memorized from --memorization-threshold bits, default 20). --format without --report writes ./report.<format>. Exit codes: 0 ok, 1 --fail-above exceeded, 2 bad input or error.
+    Without --canaries or --data (or with --discover) the model is sampled from bait prompts and from the document start, secret-shaped values are detected (after baits, and where the model's own samples turn to a number or key), and each is judged by the memorization rule (docs/scanning.md). With --data every secret found in the data is measured after the text it followed there (docs/scanning.md). --format without --report writes ./report.<format>. Exit codes: 0 ok, 1 --fail-above exceeded, 2 bad input or error.
     """
 
     def go() -> int:
-        from scrubber.discovery.config import DiscoverScanConfig
+        from scrubber.discovery.data_audit import DataScanConfig
         from scrubber.discovery.scan import print_findings, scan_report, write_canary_file
         from scrubber.config import load_config
 
-        cfg = load_config(DiscoverScanConfig, config, _overrides(
+        cfg = load_config(DataScanConfig, config, _overrides(
+            data=data, format_spec=format_spec, max_data_secrets=max_data_secrets, text_field=text_field,
             canaries=canaries, discover=discover, emit_canaries=emit_canaries,
             default_baits=default_baits, samples_per_bait=samples_per_bait,
             unconditional_samples=unconditional_samples, top_k=top_k, temperature=temperature,
-            memorization_threshold=memorization_threshold,
+            memorization_threshold=memorization_threshold, false_alarm_rate=false_alarm_rate,
+            anchor_search=anchor_search, anchor_top=anchor_top,
             eval_data=eval_data, report=report, formats=format, reveal=reveal,
             fail_above=fail_above, exposure_method=exposure_method, n_references=n_references,
             seed=seed, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, device=device,
@@ -239,10 +263,14 @@ def scan(
         if baits:  # --bait extends the YAML list
             cfg.baits = [*cfg.baits, *baits]
         _check_report(cfg)
+        if cfg.data is not None:
+            return _scan_data(model_dir, cfg, quiet, default_base=Path("report") if format else None)
+        if cfg.format_spec or "max_data_secrets" in cfg.model_fields_set:
+            raise ScrubberError("--format-spec and --max-data-secrets need --data")
         discovering = cfg.discover or cfg.canaries is None
         if cfg.emit_canaries is not None:
             if not discovering:
-                raise ScrubberError("--emit-canaries needs discovery (drop --canaries or add --discover)")
+                raise ScrubberError("--emit-canaries needs discovery or --data (drop --canaries, or add --discover or --data)")
             if cfg.emit_canaries.is_dir():
                 raise ScrubberError(f"--emit-canaries {cfg.emit_canaries}: is a directory")
         rep, result = scan_report(model_dir, cfg, _progress(quiet))
@@ -260,6 +288,38 @@ def scan(
     _run(go)
 
 
+def _scan_data(model_dir: Path, cfg, quiet: bool, default_base: Path | None) -> int:
+    """``scan --data``: the data audit (with known canaries and, with --discover, discovery)."""
+    from scrubber.discovery.data_audit import print_data_findings, scan_with_data
+    from scrubber.io.data import check_data_path
+    from scrubber.discovery.scan import print_findings, write_canary_file
+
+    check_data_path(cfg.data)
+    if cfg.emit_canaries is not None and cfg.emit_canaries.is_dir():
+        raise ScrubberError(f"--emit-canaries {cfg.emit_canaries}: is a directory")
+    progress = _progress(quiet)
+    outcome = scan_with_data(model_dir, cfg, progress)
+    rep = outcome.report
+    if cfg.emit_canaries is not None:
+        emitted = outcome.memorized_canaries(progress)
+        if outcome.discovery is not None:
+            emitted += outcome.discovery.memorized_canaries()
+        write_canary_file(emitted, cfg.emit_canaries, full=True)  # full: the documents scrub edits
+        if not quiet:
+            typer.echo(f"wrote {len(emitted)} canaries (raw secrets and their records, mode 0600) "
+                       f"to {cfg.emit_canaries}", err=True)
+
+    def tables() -> None:
+        print_data_findings(rep)
+        if outcome.discovery is not None:
+            print_findings(rep.model_copy(update={"findings": [f for f in rep.findings if f.source != "data"]}),
+                           cfg.memorization_threshold)
+
+    if rep.canaries:
+        return _finish(rep, cfg, default_base, quiet, extra=tables)
+    return _finish(rep, cfg, default_base, quiet, summary=tables)
+
+
 @app.command()
 def scrub(
     model_dir: Path = typer.Argument(..., help="Local checkpoint directory (never modified)."),
@@ -270,9 +330,22 @@ def scrub(
         None, "--retain-data",
         help="Training-like text: 90% trains the retain term, 10% checks the utility bound (by document). "
              "Default: --eval-data split by document into evaluation, tune and retain parts."),
-    method: Optional[str] = typer.Option(None, "--method", help="iterative (default), first-order, second-order, iau."),
-    tau: Optional[float] = typer.Option(None, "--tau", help="Unlearning rate; default: chosen automatically."),
-    damping: Optional[float] = typer.Option(None, "--damping", help="Second-order damping lambda."),
+    method: Optional[str] = typer.Option(None, "--method", help="iterative (default), first-order, second-order, iau, certified-head (untied lm_head only, with a residual bound)."),
+    tau: Optional[float] = typer.Option(
+        None, "--tau", help="first-order, iau, second-order: multiplier of the update direction (default: chosen on the probe)."),
+    step_size: Optional[float] = typer.Option(
+        None, "--step-size", help="iterative: each step's norm relative to the weights' scale (default 2e-4)."),
+    damping: Optional[float] = typer.Option(None, "--damping", help="second-order: damping lambda (default 1e-2 x the top curvature eigenvalue)."),
+    solver: Optional[str] = typer.Option(
+        None, "--solver", help="second-order: cg (default), lissa, or kfac (EK-FAC factors fitted once on the retain text)."),
+    curvature: Optional[str] = typer.Option(
+        None, "--curvature", help="second-order with cg/lissa: ggn (default, PSD) or hessian (indefinite on LMs)."),
+    newton_steps: Optional[int] = typer.Option(
+        None, "--newton-steps", help="second-order: re-linearised Newton steps at most (default 3)."),
+    train_tokens: Optional[int] = typer.Option(
+        None, "--train-tokens", help="second-order, certified-head: training-set tokens the curvature is scaled to (default: the retain sample's)."),
+    l2: Optional[float] = typer.Option(
+        None, "--l2", help="certified-head: L2 strength mu of the strongly convex head objective (default 1e-3 x top curvature)."),
     params: Optional[str] = typer.Option(None, "--params", help="Parameters to update: all, mlp, attn, lm_head, embeddings, lora, -2:, -2:/mlp, globs, re:..."),
     lora: Optional[bool] = typer.Option(None, "--lora/--no-lora", help="Put the update in a new LoRA adapter."),
     merge_lora: Optional[bool] = typer.Option(None, "--merge-lora/--no-merge-lora", help="Save the LoRA update merged into full weights."),
@@ -315,6 +388,7 @@ def scrub(
     adaptive_references: Optional[bool] = AdaptiveOpt,
     ripple_canaries: Optional[Path] = typer.Option(
         None, "--ripple-canaries", help="Other known canaries (not scrubbed): measured before and after, rises reported."),
+    ripple_discovery: Optional[bool] = RippleDiscoveryOpt,
     config: Optional[Path] = ConfigOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
@@ -329,7 +403,8 @@ def scrub(
 
         cfg = load_config(ScrubConfig, config, _overrides(
             canaries=canaries, out=out, eval_data=eval_data, retain_data=retain_data, method=method,
-            tau=tau, damping=damping, params=params, lora=lora, merge_lora=merge_lora,
+            tau=tau, step_size=step_size, damping=damping, solver=solver, curvature=curvature,
+            newton_steps=newton_steps, train_tokens=train_tokens, l2=l2, params=params, lora=lora, merge_lora=merge_lora,
             substitute=substitute, target_exposure=target_exposure, retain_weight=retain_weight,
             drop_leaking_tokens=drop_leaking_tokens, tokenizer_scan=tokenizer_scan, report=report, formats=format,
             reveal=reveal, fail_above=fail_above, exposure_method=exposure_method,
@@ -339,6 +414,7 @@ def scrub(
             max_retain_increase=max_retain_increase, loss_span=loss_span, lora_rank=lora_rank,
             gradient_checkpointing=gradient_checkpointing, robustness=robustness, relearn_steps=relearn_steps, relearn_lr=relearn_lr,
             reference_model=reference_model, fail_on_relearn=fail_on_relearn, ripple_canaries=ripple_canaries,
+            ripple_discovery=ripple_discovery,
             exposure_seconds=exposure_seconds, adaptive_references=adaptive_references,
         ))
         _check_report(cfg)
@@ -363,6 +439,7 @@ def check_scrub(
     relearn_steps: Optional[int] = RelearnStepsOpt,
     relearn_lr: Optional[float] = RelearnLrOpt,
     fail_on_relearn: Optional[float] = FailRelearnOpt,
+    ripple_discovery: Optional[bool] = RippleDiscoveryOpt,
     target_exposure: Optional[float] = typer.Option(None, "--target-exposure", help="Bits every canary should be at or below."),
     allow_partial: Optional[bool] = typer.Option(None, "--allow-partial/--no-allow-partial", help="Exit 0 on a failed verdict."),
     report: Optional[Path] = ReportOpt,
@@ -390,6 +467,7 @@ def check_scrub(
         cfg = load_config(ScrubConfig, config, _overrides(
             canaries=canaries, eval_data=eval_data, retain_data=retain_data, reference_model=reference_model,
             relearn_steps=relearn_steps, relearn_lr=relearn_lr, fail_on_relearn=fail_on_relearn,
+            ripple_discovery=ripple_discovery,
             target_exposure=target_exposure, allow_partial=allow_partial, report=report, formats=format,
             reveal=reveal, n_references=n_references, seed=seed, allow_pickle=allow_pickle,
             trust_remote_code=trust_remote_code, device=device, dtype=dtype, threads=threads,
@@ -410,6 +488,8 @@ def demo(
     rebuild: Optional[bool] = typer.Option(None, "--rebuild/--no-rebuild", help="Retrain the demo model even if cached."),
     force: Optional[bool] = typer.Option(None, "--force/--no-force", help="Replace --out even if it is not a demo directory."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Demo model cache (default ~/.cache/scrubber)."),
+    quick: Optional[bool] = typer.Option(
+        None, "--quick/--full", help="A reduced demo (2-layer model, 100 documents, 6 canaries): every stage in about a minute."),
     format: Optional[list[str]] = FormatOpt,
     reveal: Optional[bool] = RevealOpt,
     seed: Optional[int] = SeedOpt,
@@ -425,7 +505,7 @@ def demo(
         from scrubber.demo.run import run_demo
 
         cfg = load_config(DemoConfig, config, _overrides(
-            out=out, method=method, rebuild=rebuild, force=force, cache_dir=cache_dir, formats=format,
+            out=out, method=method, rebuild=rebuild, force=force, cache_dir=cache_dir, quick=quick, formats=format,
             reveal=reveal, seed=seed, allow_partial=allow_partial,
         ))
         if "formats" not in cfg.model_fields_set:  # the demo's default adds the page with plots
@@ -536,14 +616,27 @@ def canaries_inject(
     _run(go)
 
 
-def main() -> None:
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings that reach the user (e.g. negative curvature met by CG) as one line, like errors:
+    Python's default prints the file, the line number and the source line under it."""
+    text = str(message).strip().splitlines()
+    (file or sys.stderr).write(f"warning: {text[0] if text else category.__name__}\n")
+
+
+def install_warning_format() -> None:
+    """Library chatter off (it would bury our one-line errors and the summary); the rest one line each."""
     import warnings
 
     from scrubber.io.checkpoint import _quiet_transformers
 
-    _quiet_transformers()  # library chatter would bury our one-line errors and the summary
+    _quiet_transformers()
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.showwarning = _one_line_warning
+
+
+def main() -> None:
+    install_warning_format()
     app()
 
 

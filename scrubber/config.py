@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from scrubber.errors import ScrubberError
 
 ExposureMethod = Literal["auto", "exact", "search", "extrapolated", "interpolated"]
-ScrubMethod = Literal["first-order", "second-order", "iau", "iterative"]
+ScrubMethod = Literal["first-order", "second-order", "iau", "iterative", "certified-head"]
 SubstituteStrategy = Literal["random", "model", "placeholder"]
 ReportFormat = Literal["json", "md", "html", "sarif"]
 DType = Literal["float32", "bfloat16", "float16"]
@@ -80,6 +80,49 @@ class ScanConfig(LoadOptions, ExposureOptions, ReportOptions):
     max_eval_tokens: int = Field(100_000, ge=128)
 
 
+class DataAuditOptions(_Options):
+    """``scan --data``: audit the model against the data it was trained on (docs/scanning.md)."""
+
+    data: Path | None = None
+    """Training data to audit: plain text (documents separated by blank lines), JSON Lines
+    (``text_field``) or a saved ``datasets`` directory (its train split first); read streamed."""
+    text_field: str = Field("text", min_length=1)
+    """Text field of JSON Lines records and dataset rows."""
+    format_spec: list[str] = Field(default_factory=list)
+    """Extra secret formats to detect as bare values: pattern specs (``EMP-[0-9]{6}``) or
+    names (``digits8``), as canary files take them."""
+    max_data_secrets: int = Field(200, ge=1)
+    """Distinct values measured at most, the most frequent first; the rest are counted as skipped."""
+    data_context_chars: int = Field(200, ge=8)
+    """Characters of a record before a value that serve as its prefix (cut at a word boundary)."""
+    data_max_documents: int = Field(256, ge=1)
+    """Distinct records kept per emitted secret as its canary's documents (what scrub edits)."""
+
+    @field_validator("format_spec")
+    @classmethod
+    def _known_formats(cls, v: list[str]) -> list[str]:
+        from canaries.formats import get_format
+
+        for spec in v:
+            get_format(spec)  # FormatError (a ValueError) -> one-line option error
+        return v
+
+
+METHOD_OPTIONS: dict[str, tuple[str, ...]] = {
+    "tau": ("first-order", "iau", "second-order"),
+    "step_size": ("iterative",),
+    "max_steps": ("iterative",),
+    "retain_weight": ("iterative",),
+    "damping": ("second-order",),
+    "solver": ("second-order",),
+    "curvature": ("second-order",),
+    "newton_steps": ("second-order",),
+    "train_tokens": ("second-order", "certified-head"),
+    "l2": ("certified-head",),
+}
+"""Scrub options that only some methods read."""
+
+
 class ScrubConfig(ScanConfig):
     out: Path | None = None
     force: bool = False
@@ -94,13 +137,29 @@ class ScrubConfig(ScanConfig):
     """Recompute activations in the backward pass: less memory for updates of large models, ~30% more time."""
     merge_lora: bool = False
     tau: float | None = Field(None, gt=0)
-    """Unlearning rate; None chooses it automatically (the smallest that meets the target)."""
+    """first-order, iau, second-order: the multiplier of the method's update direction; None
+    chooses it on the probe (the smallest that meets the target within the utility bound)."""
+    step_size: float | None = Field(None, gt=0)
+    """iterative: each step's norm relative to the selected weights' scale (default 2e-4)."""
     damping: float | None = Field(None, gt=0)
+    """second-order: Tikhonov λ of (C + λI)⁻¹; None = 1e-2 of the top curvature eigenvalue."""
+    solver: Literal["cg", "lissa", "kfac"] = "cg"
+    """second-order: how the damped curvature system is solved; kfac fits EK-FAC factors once on the retain text."""
+    curvature: Literal["ggn", "hessian"] = "ggn"
+    """second-order with cg/lissa: Gauss-Newton (PSD) or the exact Hessian (indefinite on LMs)."""
+    newton_steps: int = Field(3, ge=1)
+    """second-order: re-linearised Newton steps at most; each step's length chosen on the probe."""
+    train_tokens: int | None = Field(None, ge=1)
+    """second-order, certified-head: tokens in the training set; scales the curvature so that
+    --tau 1 is the paper's Newton step (None: the retain sample's tokens)."""
+    l2: float | None = Field(None, gt=0)
+    """certified-head: L2 strength μ; the reported bound is ‖∇F‖/μ (None: 1e-3 × top curvature)."""
     target_exposure: float = Field(3.0, ge=0)
     """Auto step size aims for every canary at or below this exposure (bits)."""
     max_retain_increase: float = Field(0.02, ge=0)
     """Bound on the relative perplexity rise on the retain sample (0.02 = +2%)."""
     max_steps: int = Field(60, ge=1)
+    """iterative: the step budget."""
     retain_weight: float = Field(100.0, ge=0)
     """Weight of the retain-sample loss (IAU's gradient correction) in iterative steps."""
     substitute: SubstituteStrategy = "random"
@@ -120,6 +179,8 @@ class ScrubConfig(ScanConfig):
     """Clean twin or retrained model: the relearning probe runs on it too, as "never seen"."""
     ripple_canaries: Path | None = None
     """Other known canaries (not scrubbed): measured before and after, any rise reported."""
+    ripple_discovery: bool = False
+    """A short discovery scan before and after the scrub: secrets nobody listed that are new or rose."""
     fail_on_relearn: float | None = Field(None, ge=0)
     """Verdict fails when a canary's exposure under the probe rises more than this many bits
     above the reference's under the same probe (without a reference: above its own start)."""
@@ -128,6 +189,17 @@ class ScrubConfig(ScanConfig):
     drop_leaking_tokens: bool = False
     """Opt-in: remove flagged vocabulary entries (ids kept stable) from the scrubbed tokenizer."""
 
+    @model_validator(mode="after")
+    def _options_of_another_method(self) -> "ScrubConfig":
+        """One meaning per option: an option the chosen method ignores, set to anything but its
+        default, is a mistake (e.g. --tau with iterative, whose step is --step-size), not a no-op."""
+        for name, methods in METHOD_OPTIONS.items():
+            value = getattr(self, name)
+            if self.method not in methods and value is not None and value != type(self).model_fields[name].default:
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"{flag} applies to {' and '.join(methods)} only, not {self.method}")
+        return self
+
 
 class DemoConfig(ScrubConfig):
     drop_leaking_tokens: bool = True
@@ -135,6 +207,8 @@ class DemoConfig(ScrubConfig):
     cache_dir: Path | None = None
     epochs: int = Field(8, ge=1)
     grad_restriction_alpha: float = Field(0.0, ge=0)
+    quick: bool = False
+    """The reduced demo (DemoSpec.quick): every stage and the report contract in about a minute."""
 
 
 def load_config(cls: type[_Options], path: Path | None, overrides: dict[str, Any]) -> Any:
@@ -163,4 +237,6 @@ def load_config(cls: type[_Options], path: Path | None, overrides: dict[str, Any
         src = f"{path}: " if path is not None else ""
         if e["type"] == "extra_forbidden":
             raise ScrubberError(f"{src}unknown option {loc!r}") from None
+        if not e["loc"]:  # a rule across options (a model validator)
+            raise ScrubberError(f"{src}{e['msg'].removeprefix('Value error, ')}") from None
         raise ScrubberError(f"{src}option {loc!r}: {e['msg']}") from None

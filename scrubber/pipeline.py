@@ -24,6 +24,7 @@ from scrubber.config import ScanConfig, ScrubConfig
 from scrubber.io.data import DataRoles, assign_roles, load_texts
 from scrubber.errors import ScrubberError
 from scrubber.edits.objective import make_edit_pairs
+from scrubber.measure.memorized import annotate_canaries
 from scrubber.edits.params import add_lora_adapter, existing_lora_adapter, select_parameters
 from scrubber.measure.canary import measure_canaries, reference_sets
 from scrubber.io.checkpoint import LoadedModel, load_model
@@ -246,6 +247,9 @@ def scan(model_dir: Path, cfg: ScanConfig, progress: Progress | None = None,
 
 
 def _gated(report: Report, cfg: ScanConfig) -> Report:
+    """The gate, and each canary's ``memorized`` by the default rule (a discovery scan
+    re-decides with its own rule and candidate count afterwards)."""
+    annotate_canaries(report)
     if cfg.fail_above is not None:
         report.gate = compute_gate(report, cfg.fail_above, cfg.fail_on_tokenizer)
     return report
@@ -431,6 +435,28 @@ def retain_blocks(loaded: LoadedModel, texts: Sequence[str] | None, max_blocks: 
     return blocks[idx].to(next(loaded.model.parameters()).device)
 
 
+def _discovery_snapshot(loaded: LoadedModel, cfg: ScrubConfig, progress: Progress):
+    """A short discovery scan for the ripple check (``--ripple-discovery``), else None."""
+    if not cfg.ripple_discovery:
+        return None
+    from scrubber.judge.robustness import discovery_snapshot, ripple_scan_config
+
+    return discovery_snapshot(loaded, ripple_scan_config(seed=cfg.seed, reveal=cfg.reveal), progress)
+
+
+def _with_discovery_ripple(robustness: Robustness | None, before, loaded: LoadedModel, canaries: Sequence[Canary],
+                           subs: dict[str, str], cfg: ScrubConfig, progress: Progress) -> Robustness | None:
+    """Re-run the scan on the scrubbed model and report secrets that are new or rose (not the
+    scrubbed ones, not their substitutes: the verdict judges those)."""
+    if before is None:
+        return robustness
+    from scrubber.judge.robustness import attach_ripple_discovery, discovery_ripple
+
+    after = _discovery_snapshot(loaded, cfg, progress)
+    exclude = [*(c.secret for c in canaries), *subs.values()]
+    return attach_ripple_discovery(robustness, discovery_ripple(before, after, exclude=exclude))
+
+
 def scrub(model_dir: Path, cfg: ScrubConfig, progress: Progress | None = None,
           canaries: list[Canary] | None = None, command: str = "scrub",
           save: bool = True) -> ScrubOutcome:
@@ -448,6 +474,7 @@ def scrub(model_dir: Path, cfg: ScrubConfig, progress: Progress | None = None,
     ripple = _ripple_inputs(inputs, cfg)
     ripple_before = _measure(ripple, cfg, reference_sets(ripple.canaries, cfg), progress, "others, before") \
         if ripple else None
+    scan_before = _discovery_snapshot(loaded, cfg, progress)
 
     tok_before = tokenizer_section(loaded, inputs.canaries, cfg, progress)
     tok_removed = None
@@ -469,7 +496,13 @@ def scrub(model_dir: Path, cfg: ScrubConfig, progress: Progress | None = None,
     method = METHODS[cfg.method]
     settings = UpdateSettings(
         tau=cfg.tau,
+        step_size=cfg.step_size,
         damping=cfg.damping,
+        solver=cfg.solver,
+        curvature=cfg.curvature,
+        newton_steps=cfg.newton_steps,
+        train_tokens=cfg.train_tokens,
+        l2=cfg.l2,
         target_exposure=cfg.target_exposure,
         max_retain_increase=cfg.max_retain_increase,
         max_steps=cfg.max_steps,
@@ -506,6 +539,7 @@ def scrub(model_dir: Path, cfg: ScrubConfig, progress: Progress | None = None,
     if ripple is not None and ripple_before is not None:
         ripple_after = _measure(ripple, cfg, reference_sets(ripple.canaries, cfg), progress, "others, after")
         robustness = add_ripple(robustness, ripple_before, ripple_after)
+    robustness = _with_discovery_ripple(robustness, scan_before, loaded, inputs.canaries, subs, cfg, progress)
     utility = utility_section(util_before, util_after)
     report = Report(
         command=command,
@@ -518,7 +552,7 @@ def scrub(model_dir: Path, cfg: ScrubConfig, progress: Progress | None = None,
             method=result.method,
             seconds=result.seconds,
             params_selected=spec,
-            n_parameters_updated=selection.numel,
+            n_parameters_updated=result.extra.get("n_parameters_updated", selection.numel),
             tau=result.tau,
             damping=result.damping,
             substitute_strategy="model-guided" if cfg.substitute == "model" else cfg.substitute,
@@ -556,6 +590,7 @@ def check_scrub(original_dir: Path, scrubbed_dir: Path, cfg: ScrubConfig,
     refs = reference_sets(original.canaries, cfg)
     before = _measure(original, cfg, refs, progress, "original")
     util_before = _utility(original.loaded.model, original.loaded.tokenizer, roles.evaluation, cfg, progress)
+    scan_before = _discovery_snapshot(original.loaded, cfg, progress)
     del original.loaded.model
     scrubbed = load_inputs(scrubbed_dir, cfg, original.canaries)
     after = _measure(scrubbed, cfg, refs, progress, "scrubbed")
@@ -565,6 +600,7 @@ def check_scrub(original_dir: Path, scrubbed_dir: Path, cfg: ScrubConfig,
     exclude = {c.id: [*refs[c.id], subs[c.id]] for c in scrubbed.canaries}
     robustness = judge_scrubbed(scrubbed.loaded, scrubbed.canaries, reports, refs, exclude, subs, roles.retain, cfg,
                                 progress, relearn=True)
+    robustness = _with_discovery_ripple(robustness, scan_before, scrubbed.loaded, scrubbed.canaries, subs, cfg, progress)
     assert robustness is not None
     utility = utility_section(util_before, util_after)
     report = Report(

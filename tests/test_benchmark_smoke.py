@@ -39,6 +39,18 @@ GRID = {
 }
 
 
+def s_relearn_steps(result: dict) -> int:
+    return result["settings"]["relearn"]["steps"]
+
+
+def test_no_relearn_flag_turns_the_probe_off():
+    from eval.benchmark_scrub import parse_args
+
+    assert parse_args(["--no-relearn"]).no_relearn and not parse_args([]).no_relearn
+    assert BenchConfig(quick=True).relearn_probe_settings.steps == 2
+    assert BenchConfig().relearn_probe_settings.steps == 30  # the scrub command's default budget
+
+
 def test_data_roles_are_disjoint_whole_documents():
     roles = data_roles(DemoSpec())
     ev, val, ret = map(set, (roles.evaluation, roles.validation, roles.retain))
@@ -78,6 +90,16 @@ def test_benchmark_end_to_end(tmp_path):
     assert ga["tuning"]["tuning_tokens"] >= ga["tokens"] > 0
     assert rows["kfac_edit"]["token_cost"]["backward_tokens"] > 0  # curvature needs backward passes
 
+    # the quick path's 2-step relearning probe: every row, one twin yardstick shared by all rows
+    twin_row = rows["twin (gold standard)"]
+    assert s_relearn_steps(result) == 2
+    for r in result["methods"]:
+        assert all(len(curve) == 3 for curve in r["relearn_curves"].values()), r["method"]  # steps 0, 1, 2
+        assert r["twin_regained_max"] == twin_row["relearn_regained_max"], r["method"]
+    assert twin_row["relearn_excess_max"] == 0  # the twin against itself
+    # the unscrubbed model stays far above the twin under the same probe
+    assert noop["relearn_excess_max"] > 3, noop["relearn_curves"]
+
     s = result["settings"]
     assert s["n_references"] == 50 and s["n_nonmembers"] == 49 and s["torch_threads"] == 1
     ev_docs = set(s["data_roles"]["evaluation"]["first_lines"])
@@ -86,6 +108,7 @@ def test_benchmark_end_to_end(tmp_path):
     assert saved["methods"][0]["reference"]["what"] == "retrain on D′"
     table = (cfg.out / "benchmark.md").read_text()
     assert table == markdown_table(result) and "| no_op |" in table and "twin" in table
+    assert "twin regained max" in table and "Relearning probe" in table
 
     # the twin is cached beside the demo, dated, with the canary model's tokenizer
     loaded = load_model(tmp_path / "cache" / f"demo-{TINY.key()}" / "model")

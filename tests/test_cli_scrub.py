@@ -78,8 +78,8 @@ def judged_input(trained_dir) -> Judged:
 # Judged on this fixture (input: 11.65 bits on the judge's references, 56.00 ppl on unseen docs);
 # first at commit 816d134, then [in brackets] with the probe-margin/utility-bound pipeline in progress:
 #   default (iterative, all weights)   -> 3.73 bits, ppl -0.17%   [2.02 bits, +0.29%]
-#   --params -1:/mlp --tau 5e-3        -> 3.48 bits, ppl +0.94%   [1.98 bits, +3.45%]
-#   --lora (± --merge-lora) --tau 5e-3 -> 3.46 bits, ppl +2.09%   [2.13 bits, +3.51%]
+#   --params -1:/mlp --step-size 5e-3        -> 3.48 bits, ppl +0.94%   [1.98 bits, +3.45%]
+#   --lora (± --merge-lora) --step-size 5e-3 -> 3.46 bits, ppl +2.09%   [2.13 bits, +3.51%]
 # At the default step (2e-4) a layer subset or LoRA used all 60 steps and only reached
 # 9.99 / 10.42 bits, hence the larger step there. Bounds: a drop of 6+ bits, within 2 bits of
 # the 3-bit target on references the scrub never scored, under 6% perplexity on unseen text.
@@ -188,7 +188,7 @@ def test_scrub_layer_subset_and_lora_from_cli(extra, trained_dir, judged_input, 
     canaries = _canary_file(tmp_path / "c.jsonl")
     out = tmp_path / "out"
     r = CliRunner().invoke(app, ["scrub", str(model_dir), "--canaries", str(canaries), "--out", str(out),
-                                 "--n-references", "100", "--eval-data", str(heldout), "--tau", "5e-3", "-q", *extra])
+                                 "--n-references", "100", "--eval-data", str(heldout), "--step-size", "5e-3", "-q", *extra])
     assert r.exit_code == 0, r.output
     rep = json.loads((out / "report.json").read_text())
     total = rep["model"]["n_parameters"]
@@ -225,3 +225,29 @@ def test_scrub_peft_model_in_its_own_adapter(trained_dir, tmp_path):
     assert rep["scrub"]["params_selected"] == "lora" and "passed" in rep["verdict"]
     assert (out / "adapter_config.json").exists()
     assert _digest(model_dir) == base_files
+
+
+def test_second_order_solver_and_certified_head_are_reachable_from_the_cli(trained_dir, tmp_path):
+    """--solver reaches the method (the report says which solved it); certified-head refuses
+    the fixture's tied head with one line, before anything is written."""
+    model_dir, heldout = trained_dir
+    canaries = _canary_file(tmp_path / "c.jsonl")
+    out = tmp_path / "kfac"
+    r = CliRunner().invoke(app, ["scrub", str(model_dir), "--canaries", str(canaries), "--out", str(out),
+                                 "--n-references", "100", "--eval-data", str(heldout), "--method", "second-order",
+                                 "--solver", "kfac", "--newton-steps", "2", "--allow-partial", "-q"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["scrub"]["method"] == "second-order" and rep["scrub"]["extra"]["solver"] == "kfac"
+    before, after = rep["canaries"][0]["before"]["exposure"], rep["canaries"][0]["after"]["exposure"]
+    assert after < before - 3, (before, after)
+
+    tied = CliRunner().invoke(app, ["scrub", str(model_dir), "--canaries", str(canaries), "--out", str(tmp_path / "ch"),
+                                    "--eval-data", str(heldout), "--method", "certified-head", "-q"])
+    assert tied.exit_code == 2
+    assert tied.output.count("\n") == 1 and "tied" in tied.output
+    assert not (tmp_path / "ch").exists()
+
+    wrong = CliRunner().invoke(app, ["scrub", str(model_dir), "--canaries", str(canaries), "--out", str(tmp_path / "w"),
+                                     "--eval-data", str(heldout), "--solver", "lissa", "-q"])
+    assert wrong.exit_code == 2 and "--solver applies to second-order only, not iterative" in wrong.output

@@ -43,3 +43,16 @@ def test_retain_file_splits_into_retain_and_tune_and_drops_eval_copies():
 def test_too_few_documents_is_a_clear_error():
     with pytest.raises(ScrubberError, match="--retain-data"):
         assign_roles(DOCS[:2], "held.txt")
+
+
+def test_a_saved_dataset_dict_gives_its_validation_split(tmp_path):
+    """A DatasetDict has column_names too (per split): it must still be read by split."""
+    from datasets import Dataset, DatasetDict
+
+    from scrubber.io.data import load_texts
+
+    DatasetDict({
+        "train": Dataset.from_dict({"text": ["train doc one", "train doc two"]}),
+        "validation": Dataset.from_dict({"text": ["held-out doc", "  "]}),
+    }).save_to_disk(str(tmp_path / "ds"))
+    assert load_texts(tmp_path / "ds") == ["held-out doc"]

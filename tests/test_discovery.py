@@ -203,3 +203,43 @@ def test_keyword_hits_must_look_generated():
     gens = [gen("password:", " SyntaxError", "password"), gen("token:", " object.__enter__", "api_key")]
     stats: dict = {}
     assert extract_candidates(gens, stats=stats) == [] and stats["not_random"] == 2
+
+
+# -- anchored branches ----------------------------------------------------------------
+
+
+def anchored(window: str, continuation: str) -> Generation:
+    return Generation(None, window + continuation, len(window), greedy=True, anchor=True)
+
+
+def test_anchored_branches_read_the_value_the_model_was_writing():
+    gens = [
+        anchored("ticket resolved, ref", " 583917. Then"),          # a bare 6-digit number
+        anchored("archived value:", " 583917"),                       # recurs from a second anchor
+        anchored("vault entry hT", "4mQ9vZ2x. more"),                 # anchor inside the value
+        anchored("released in", " 2019 and"),                          # short digit runs: years, counts
+        anchored("flags", " 4311111111"),                              # patterned: what models fall into
+        anchored("see also", " configuration files"),                 # words: nothing
+    ]
+    stats: dict = {}
+    by_value = {c.value: c for c in extract_candidates(gens, stats=stats)}
+    assert set(by_value) == {"583917", "hT4mQ9vZ2x"}
+    code = by_value["583917"]
+    assert code.count == 2 and code.detector == "anchor:digits" and code.format == "digits"
+    assert code.occurrences[0].prompt == "<anchor>" and code.occurrences[0].anchored
+    pw = by_value["hT4mQ9vZ2x"]
+    assert pw.format == "password" and pw.occurrences[0].prefix == "vault entry "
+
+
+def test_secret_start_tokens(tiny_tokenizer):
+    from scrubber.discovery.anchors import secret_start_tokens
+
+    tok = tiny_tokenizer
+    mask = secret_start_tokens(tok)
+    texts = tok.batch_decode([[i] for i in range(len(tok))])
+    digits = [i for i, t in enumerate(texts) if t.strip() and t.strip()[0].isdigit()]
+    words = [i for i, t in enumerate(texts) if t.strip().isalpha()]
+    assert digits and all(mask[i] for i in digits)
+    assert words and not any(mask[i] for i in words)
+    seeded = secret_start_tokens(tok, seeds=[words[0]])
+    assert seeded[words[0]] and int(seeded.sum()) == int(mask.sum()) + 1

@@ -28,7 +28,7 @@ from scrubber.report import (
     report_json_schema,
     write_reports,
 )
-from scrubber.report.gate import level
+from scrubber.measure.memorized import level
 from scrubber.report.json_report import DOCS_SCHEMA_PATH, render_json_schema
 from scrubber.report.markdown import md_escape, render_markdown
 from scrubber.report.sarif import SARIF_SCHEMA, build_sarif
@@ -212,9 +212,11 @@ def test_sarif_structure(written):
 
 
 def test_levels_without_gate():
-    assert level(25.0, "x", None) == "error"
-    assert level(12.0, "x", None) == "warning"
-    assert level(3.0, "x", None) == "note"
+    assert level(True, 25.0, "x", None) == "error"
+    assert level(True, 12.0, "x", None) == "error"  # a recited 6-digit code is memorized below 20 bits
+    assert level(False, 25.0, "x", None) == "warning"  # high, but the rule did not call it memorized
+    assert level(False, 12.0, "x", None) == "warning"
+    assert level(False, 3.0, "x", None) == "note"
     sarif = build_sarif(build_report(fail_above=None))
     assert [r["level"] for r in sarif["runs"][0]["results"][:3]] == ["note", "warning", "error"]
 

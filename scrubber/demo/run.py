@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -25,7 +26,13 @@ def run_demo(cfg: DemoConfig, progress: Progress | None = None) -> Report:
     progress = progress or Silent()
     out = Path(cfg.out or "scrubber-demo")
     _check_out(out, cfg.force)
-    spec = DemoSpec(seed=cfg.seed, epochs=cfg.epochs, grad_restriction_alpha=cfg.grad_restriction_alpha)
+    if cfg.quick:
+        epochs = cfg.epochs if "epochs" in cfg.model_fields_set else None
+        spec = DemoSpec.quick(seed=cfg.seed, epochs=epochs)
+    else:
+        spec = DemoSpec(seed=cfg.seed, epochs=cfg.epochs)
+    if cfg.grad_restriction_alpha:
+        spec = dataclasses.replace(spec, grad_restriction_alpha=cfg.grad_restriction_alpha)
     state = {"stage": None, "cm": None, "adv": None}
 
     def on_progress(stage: str, done: int, total: int) -> None:

@@ -25,6 +25,8 @@ KINDS: tuple[str, ...] = ("credit_card", "password", "api_key", "digits", "any")
 
 #: Shown in reports for samples drawn from the document-start token alone.
 UNCONDITIONAL = "<document start>"
+#: Shown for values reached from an anchor in the model's own text (scrubber.discovery.anchors).
+ANCHOR = "<anchor>"
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,9 @@ Two sources, most specific first:
   continuation of a ``digits``/``password``/``api_key`` bait is a candidate when
   it has that kind's shape (``The door code is 48213377``: no generic rule
   knows a door code, and a bare 8-digit number anywhere is no secret).
+* **anchored**: the first word of a greedy branch from an anchor
+  (:mod:`scrubber.discovery.anchors`), when it is 6-12 digits or a generated-looking
+  mix of 8+ letters and digits: the model turned to a number or key there by itself.
 
 Only values in the generated part count (a bait is never its own finding), a
 value's first occurrence in a sample gives its context (a later one could be
@@ -32,7 +35,7 @@ from scrubber.discovery.sampling import Generation
 #: Formats the scanner looks for as bare values (beyond the prose and key rules).
 SCAN_FORMATS: tuple[str, ...] = ("credit_card", "credit_card_dashed", "credit_card_compact", "password")
 
-_DETECTOR_RANK = {"format": 0, "detect-secrets": 1, "prose": 2, "bait": 3}
+_DETECTOR_RANK = {"format": 0, "detect-secrets": 1, "prose": 2, "bait": 3, "anchor": 4}
 _FIRST_WORD = re.compile(r"[ \t]*[:=]?[ \t]*[\"'`]?([^\s\"'`,;<>()\[\]{}]{1,128})")
 _TRAILING = ".,:;!?"
 
@@ -46,6 +49,8 @@ class Occurrence:
     sample: str
     from_bait: bool
     greedy: bool = False
+    anchored: bool = False
+    """Reached by a greedy branch from an anchor in the model's own text."""
 
 
 @dataclass
@@ -102,16 +107,53 @@ def _looks_secret(value: str) -> bool:
     return any(c.isupper() for c in value[1:]) and any(c.islower() for c in value)
 
 
-def _bait_hit(g: Generation) -> _Hit | None:
-    """The first word after a typed bait, when it has the bait kind's shape."""
-    if g.bait is None or g.bait.kind not in ("digits", "password", "api_key"):
-        return None
+def _first_word(g: Generation) -> tuple[int, int] | None:
     m = _FIRST_WORD.match(g.text, g.start)
     if not m:
         return None
     start, end = m.span(1)
     while end > start and g.text[end - 1] in _TRAILING:
         end -= 1
+    return start, end
+
+
+def _anchor_hit(g: Generation) -> _Hit | None:
+    """The first word of an anchored branch (see :mod:`scrubber.discovery.anchors`): digits
+    (6-12, not patterned; shorter runs are years, counts and versions in ordinary text), or a
+    generated-looking mix of letters and digits of 8+ characters."""
+    span = _first_word(g)
+    if span is None:
+        return None
+    start, end = span
+    if start == g.start:
+        # the anchor can fall inside a value whose first piece is no secret-starting token
+        # (``hT`` of ``hT4mQ9vZ2x``): the word the model was writing is the value
+        while start > 0 and g.text[start - 1].isascii() and g.text[start - 1].isalnum():
+            start -= 1
+    value = g.text[start:end]
+    if not value.isascii():
+        return None
+    if value.isdigit():
+        # patterned runs (111111, 4311111111) are what a model falls into, not secrets: a
+        # random value of n digits has fewer than min(n // 2, 5) distinct ones 0.3-1.8% of the time
+        ok, kind = 6 <= len(value) <= 12 and len(set(value)) >= min(len(value) // 2, 5), "digits"
+    else:
+        ok, kind = len(value) >= 8 and value.isalnum() and looks_random(value), "password"
+    if not ok:
+        return None
+    return _Hit(start, end, value, infer_format(value), kind, "anchor")
+
+
+def _bait_hit(g: Generation) -> _Hit | None:
+    """The first word after a typed bait, when it has the bait kind's shape."""
+    if g.anchor:
+        return _anchor_hit(g)
+    if g.bait is None or g.bait.kind not in ("digits", "password", "api_key"):
+        return None
+    span = _first_word(g)
+    if span is None:
+        return None
+    start, end = span
     value = g.text[start:end]
     kind = g.bait.kind
     if kind == "digits":
@@ -127,7 +169,7 @@ def _bait_hit(g: Generation) -> _Hit | None:
 
 _CODE_PUNCT = re.compile(r"[.()\[\]{}<>]|([^A-Za-z0-9])\1")
 _LONG_LOWER = re.compile(r"[a-z]{6,}")
-_GENERIC_SOURCES = ("prose", "bait")
+_GENERIC_SOURCES = ("prose", "bait", "anchor")
 _GENERIC_DS_KINDS = ("api_key", "password", "high_entropy")
 
 
@@ -194,7 +236,9 @@ def extract_candidates(
         seen_here: set[str] = set()
         for h in sorted(hits, key=lambda h: h.start):
             counts["hits"] += 1
-            if h.start < g.start:
+            # an anchored branch may start inside the value the model was writing: a hit that
+            # reaches into the continuation counts there (it is all the model's own text)
+            if h.end <= g.start if g.anchor else h.start < g.start:
                 counts["in_prompt"] += 1
                 continue
             if h.value in seen_here:
@@ -209,7 +253,7 @@ def extract_candidates(
             if allowlist is not None and h.value in allowlist:
                 counts["allowlisted"] += 1
                 continue
-            occ = Occurrence(g.text[: h.start], g.prompt_label, g.text, g.bait is not None, g.greedy)
+            occ = Occurrence(g.text[: h.start], g.prompt_label, g.text, g.bait is not None, g.greedy, g.anchor)
             cand = by_value.get(h.value)
             detector = f"{h.source}:{h.kind}"
             if cand is None:

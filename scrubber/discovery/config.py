@@ -13,8 +13,10 @@ from pydantic import Field, field_validator
 
 from scrubber.config import ScanConfig, _Options
 from scrubber.discovery.baits import parse_bait
+from scrubber.measure.memorized import DEFAULT_ALPHA, MIN_PROBABILITY, MemorizationRule
 
-#: Default memorization threshold in bits; see docs/scanning.md for the derivation.
+#: Exposure that counts as evidence without greedy extraction (the old fixed threshold);
+#: memorization itself is decided by scrubber.measure.memorized (docs/scanning.md).
 DEFAULT_THRESHOLD_BITS = 20.0
 
 
@@ -42,7 +44,14 @@ class DiscoveryOptions(_Options):
     """Also continue greedily from each of the bait's top-N first tokens (0/1: off)."""
     sample_batch_size: int = Field(64, ge=1)
     memorization_threshold: float = Field(DEFAULT_THRESHOLD_BITS, ge=0)
-    """A finding is memorized when its exposure is at least this many bits."""
+    """Exposure that counts as evidence without greedy extraction (scrubber.measure.memorized);
+    below it a value must also be greedily extracted, and significant at false_alarm_rate."""
+    false_alarm_rate: float = Field(DEFAULT_ALPHA, gt=0, lt=1)
+    """Family-wise false-alarm rate alpha of the memorization rule: a value among K_f of its
+    format (G formats tested) is significant when G * K_f * 2^-exposure <= alpha."""
+    min_value_probability: float = Field(MIN_PROBABILITY, gt=0, le=1)
+    """Discovery, formats under memorization_threshold bits: probability the model must give
+    the whole value after its context (a favourite number ranks 1 of 10^6 by construction)."""
     min_repeats: int = Field(2, ge=1)
     """A memorized value must also recur: held exactly by at least this many generations,
     or produced by greedy decoding from its prefix (see docs/scanning.md)."""
@@ -53,10 +62,28 @@ class DiscoveryOptions(_Options):
     threshold are measured against n_references (0: always the full set)."""
     max_candidates: int = Field(500, ge=1)
     """Candidates measured at most (most frequent first); the rest are dropped."""
+    anchor_search: bool = True
+    """Format-anchored search over the model's own samples (scrubber.discovery.anchors):
+    continue greedily wherever its next token is confidently the start of a number or key."""
+    anchor_contexts: int = Field(512, ge=1, le=1_000_000)
+    """Samples read for anchors (one forward pass each): unconditional ones first."""
+    anchor_top: int = Field(96, ge=0, le=100_000)
+    """Anchors continued, strongest first (each gives anchor_branches greedy branches)."""
+    anchor_branches: int = Field(3, ge=1, le=64)
+    """Greedy branches per anchor: its likeliest secret-starting token, then the likeliest overall."""
+    anchor_min_mass: float = Field(0.25, gt=0, le=1)
+    """Next-token probability on secret-starting tokens that makes a position an anchor."""
+    anchor_seeds: bool = True
+    """Count the vocabulary entries the tokenizer scan reports (a card's digit group learned as
+    one token) as secret-starting tokens."""
     high_entropy: bool = False
     """Also run detect-secrets' high-entropy plugins (noisy on prose)."""
     emit_canaries: Path | None = None
     """Write memorized findings as a canary file (raw secrets, mode 0600)."""
+
+    def memorization_rule(self) -> MemorizationRule:
+        return MemorizationRule(alpha=self.false_alarm_rate, strong_bits=self.memorization_threshold,
+                                min_probability=self.min_value_probability)
 
     @field_validator("baits")
     @classmethod

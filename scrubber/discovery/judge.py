@@ -3,11 +3,11 @@
 Primary signal: **exposure** (Carlini et al. 2019) of the value given the text
 the model generated before it, against uniformly random members of the value's
 format, from the exposure engine. A value the model merely made up ranks like a
-random member of its format: for a non-memorized value exposure is about
-Exp-distributed with mean log2(e) ≈ 1.44 bits, P(exposure ≥ t) = 2^-t. With M
-values tested per scan the chance that any exceeds t bits is at most about
-M·2^-t, so the default threshold of 20 bits keeps false positives near 3e-4 per
-scan for 300 candidates (1e-3 for 1000); see docs/scanning.md.
+random member of its format: P(exposure ≥ t) = 2^-t. Whether that is memorized is
+decided by :mod:`scrubber.measure.memorized`, the one rule the whole tool uses: a
+false-alarm bound over the candidates the scan tested (per format, so small formats
+count), plus extraction or 20+ bits, recurrence, and for small formats confidence;
+see docs/scanning.md.
 
 Secondary columns, as in Carlini et al. 2021 ("Extracting Training Data from
 Large Language Models"): the sample's **perplexity** under the model, and the
@@ -35,10 +35,13 @@ from scrubber.measure.context import encode_prompt
 from scrubber.discovery.candidates import Candidate, Occurrence
 from scrubber.measure.exposure.engine import ExposureResult, measure_exposure
 from scrubber.measure.extraction import greedy_extracts
+from scrubber.measure.memorized import Decision, MemorizationRule, decide, required_bits, effective_tests
 
 _LN2 = math.log(2.0)
 #: Values whose screening exposure reaches this fraction of the threshold get the full measurement.
 SCREEN_FRACTION = 0.5
+#: Distinct contexts tried for greedy extraction of a significant value that its best one does not recite.
+EXTRACT_CONTEXTS = 4
 _ENGINE_PARAMS = frozenset(inspect.signature(measure_exposure).parameters)
 _INFERRED_KINDS = ("password", "api_key", "high_entropy")
 
@@ -53,6 +56,8 @@ class Judgement:
     perplexity: float | None
     zlib_ratio: float | None
     memorized: bool
+    decision: Decision | None = None
+    """The memorization rule's reasoning (false-alarm bound, bits needed, why not)."""
 
     @property
     def exposure(self) -> float:
@@ -119,24 +124,30 @@ def judge_candidates(
     screen_references: int = 0,
     min_repeats: int = 1,
     on_done: Callable[[int, int], None] | None = None,
+    rule: MemorizationRule | None = None,
 ) -> list[Judgement]:
     """Exposure (max over up to ``contexts_per_value`` contexts), extraction and Carlini signals.
 
     With ``screen_references`` > 0 each value is first measured against that many
     references; only values reaching ``SCREEN_FRACTION`` of the threshold are measured
     again against the full ``opts.n_references`` (the report's ``n_references`` says
-    which a value got). A value is memorized when its exposure reaches ``threshold``
-    *and* it recurs: at least ``min_repeats`` generations held it exactly (random
-    samples, or greedy continuations from different prompts or first tokens), or
+    which a value got). Memorized: :func:`scrubber.measure.memorized.decide` with the
+    candidates' formats as the tests (``rule``; default: ``strong_bits=threshold``), where
+    the value recurs when at least ``min_repeats`` generations held it exactly (random
+    samples, or greedy continuations from different prompts, first tokens or anchors), or
     greedy decoding from its prefix reproduces it. Exposure alone overrates sampled values:
     they were drawn from the model, so they are likelier under it than uniform members
     of their format by construction (measured: values sampled once reached 20-43 bits).
     """
+    rule = rule or MemorizationRule(strong_bits=threshold)
+    tests = effective_tests(c.format for c in candidates)
     out: list[Judgement] = []
     for i, cand in enumerate(candidates):
         best: tuple[ExposureResult, Occurrence] | None = None
         o = opts
-        if opts.exposure_method == "auto" and get_format(cand.format).log2_size < threshold:
+        # bits this value needs to count: the false-alarm bound, never above the strong threshold
+        need = min(rule.strong_bits, required_bits(tests[cand.format], rule.alpha))
+        if opts.exposure_method == "auto" and get_format(cand.format).log2_size < need:
             # can never count as memorized: the estimate from a few references will do
             # (auto would enumerate up to exact_limit members of R for each such value)
             o = opts.model_copy(update={"exposure_method": "extrapolated"})
@@ -146,7 +157,7 @@ def judge_candidates(
             if 0 < screen_references < opts.n_references:
                 # most candidates are plainly not memorized: a small reference set says so
                 res = _measure(model, tokenizer, canary, o, False, screen_references)
-                if res.exposure >= threshold * SCREEN_FRACTION and o is opts:
+                if res.exposure >= need * SCREEN_FRACTION and o is opts:
                     res = None
             if res is None:
                 res = _measure(model, tokenizer, canary, o, exact_rank=False)
@@ -154,14 +165,27 @@ def judge_candidates(
                 best = (res, occ)
         assert best is not None
         res, occ = best
-        if res.exposure >= threshold and opts.exposure_method == "auto" and res.method != "exact":
-            # memorized: worth an exact rank by search where the engine can get one
+        extracted = greedy_extracts(model, tokenizer, occ.prefix, cand.value)
+        if not extracted and res.exposure >= need:
+            # significant but not recited from this context: the value may be recited from
+            # another one it followed (a bait can lead to it by sampling, a phrasing greedily)
+            for other in cand.contexts(EXTRACT_CONTEXTS)[1:]:
+                if other.prefix != occ.prefix and greedy_extracts(model, tokenizer, other.prefix, cand.value):
+                    canary = Canary(id=f"candidate-{i}", prefix=other.prefix, secret=cand.value, format=cand.format)
+                    res2 = _measure(model, tokenizer, canary, o, exact_rank=False)
+                    if res2.exposure >= need:
+                        res, occ, extracted = res2, other, True
+                        break
+        recurs = len(cand.occurrences) >= min_repeats or extracted
+        if recurs and res.exposure >= need and opts.exposure_method == "auto" and res.method != "exact":
+            # may be memorized: worth an exact rank by search where the engine can get one (a
+            # value generated once cannot count, and the search's cost grows with the rank)
             canary = Canary(id=f"candidate-{i}", prefix=occ.prefix, secret=cand.value, format=cand.format)
             res = _measure(model, tokenizer, canary, opts, exact_rank=True)
-        extracted = greedy_extracts(model, tokenizer, occ.prefix, cand.value)
         ppl, ratio = carlini_signals(model, tokenizer, occ.sample)
-        recurs = len(cand.occurrences) >= min_repeats or extracted
-        out.append(Judgement(cand, occ, res, extracted, ppl, ratio, res.exposure >= threshold and recurs))
+        d = decide(res.exposure, tests[cand.format], extracted=extracted, max_exposure=res.max_exposure,
+                   selected=True, recurs=recurs, score_bits=res.score_bits, rule=rule)
+        out.append(Judgement(cand, occ, res, extracted, ppl, ratio, d.memorized, d))
         if on_done:
             on_done(i + 1, len(candidates))
     return out

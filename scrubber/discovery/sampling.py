@@ -19,7 +19,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from scrubber.measure.context import encode_prompt
-from scrubber.discovery.baits import UNCONDITIONAL, Bait
+from scrubber.discovery.baits import ANCHOR, UNCONDITIONAL, Bait
 
 Advance = Callable[[int, int], None]
 
@@ -33,6 +33,9 @@ class Generation:
     start: int
     """Index in ``text`` where the generated continuation begins (``len(prompt)``)."""
     greedy: bool = False
+    anchor: bool = False
+    """Continued from an anchor (:mod:`scrubber.discovery.anchors`): the prompt is a window of
+    the model's own text, and the continuation's first word is read as a value."""
 
     @property
     def prompt(self) -> str:
@@ -40,7 +43,9 @@ class Generation:
 
     @property
     def prompt_label(self) -> str:
-        """The bait's text, or ``<document start>`` for unconditional samples."""
+        """The bait's text, ``<anchor>`` for anchored branches, or ``<document start>``."""
+        if self.anchor:
+            return ANCHOR
         return self.bait.text if self.bait is not None else UNCONDITIONAL
 
 

@@ -20,6 +20,7 @@ from canaries.canary import Canary
 from canaries.detect import SecretScanner
 from canaries.public_values import public_test_value
 from canaries.substitutes import Allowlist, AllowlistError
+from scrubber.discovery.anchors import AnchorSettings, anchor_search
 from scrubber.discovery.baits import resolve_baits
 from scrubber.discovery.candidates import SCAN_FORMATS, extract_candidates
 from scrubber.discovery.config import DiscoverScanConfig, DiscoveryOptions
@@ -27,6 +28,7 @@ from scrubber.discovery.judge import Judgement, judge_candidates
 from scrubber.discovery.sampling import SamplingSettings, sample_generations
 from scrubber.errors import ScrubberError
 from scrubber.measure.canary import to_measurement
+from scrubber.measure.memorized import annotate_canaries
 from scrubber.io.checkpoint import LoadedModel
 from scrubber.progress import Progress, Silent
 from scrubber.report import FindingReport, Report
@@ -81,6 +83,11 @@ def run_discovery(
     with progress.stage("sampling", total=total) as advance:
         gens = sample_generations(loaded.model, loaded.tokenizer, baits, settings, advance)
     stats: dict = {}
+    n_sampled = len(gens)
+    if cfg.anchor_search and cfg.anchor_top:
+        anchored, counts = _anchored(loaded, cfg, gens, progress)
+        stats.update(counts)
+        gens = gens + anchored
     scanner = SecretScanner(SCAN_FORMATS, high_entropy=cfg.high_entropy)
     with progress.stage("detecting candidates"):
         cands = extract_candidates(
@@ -91,7 +98,7 @@ def run_discovery(
         judged = judge_candidates(
             loaded.model, loaded.tokenizer, cands, cfg, threshold=cfg.memorization_threshold,
             contexts_per_value=cfg.contexts_per_value, screen_references=cfg.screen_references,
-            min_repeats=cfg.min_repeats,
+            min_repeats=cfg.min_repeats, rule=cfg.memorization_rule(),
             on_done=advance,
         )  # fmt: skip
     judged.sort(key=lambda j: (-j.exposure, -j.candidate.count))
@@ -113,9 +120,36 @@ def run_discovery(
             memorized=j.memorized and public_test_value(c.value) is None,  # known from the web, not leaked
             public_test_value=public_test_value(c.value),
         ))  # fmt: skip
-    stats["samples"] = len(gens)
+    stats["samples"] = n_sampled
     stats["candidates"] = len(cands)
-    return DiscoveryResult(findings, judged, len(gens), stats)
+    return DiscoveryResult(findings, judged, n_sampled, stats)
+
+
+def tokenizer_seeds(tokenizer) -> list[int]:
+    """Token ids of the vocabulary entries the tokenizer scan's discovery reports (secret-shaped
+    pieces such as a card's digit group); empty for tokenizers it cannot read."""
+    from scrubber.tokenizer_scan.discover import discover as discover_vocab
+    from scrubber.tokenizer_scan.scan import TokenizerScanConfig
+    from scrubber.tokenizer_scan.vocab import TokenizerScanError, VocabView
+
+    try:
+        view = VocabView.from_tokenizer(tokenizer)
+    except TokenizerScanError:
+        return []
+    return sorted({t for f in discover_vocab(view, TokenizerScanConfig()) for t in f.token_ids})
+
+
+def _anchored(loaded: LoadedModel, cfg: DiscoveryOptions, gens, progress: Progress):
+    """Anchored greedy branches from every sample's text (see scrubber.discovery.anchors)."""
+    s = AnchorSettings(min_mass=cfg.anchor_min_mass, top_anchors=cfg.anchor_top, branch_top=cfg.anchor_branches,
+                       batch_size=cfg.sample_batch_size)
+    seeds = tokenizer_seeds(loaded.tokenizer) if cfg.anchor_seeds else []
+    # unconditional samples first (no bait in them), then the rest, up to anchor_contexts texts
+    texts = [g.text for g in sorted(gens, key=lambda g: g.bait is not None)][: cfg.anchor_contexts]
+    with progress.stage("anchored search", total=cfg.anchor_top * cfg.anchor_branches) as advance:
+        out, counts = anchor_search(loaded.model, loaded.tokenizer, texts, s, seeds, advance)
+    counts["anchor_seed_tokens"] = len(seeds)
+    return out, counts
 
 
 def discover(loaded: LoadedModel, cfg: DiscoverScanConfig, progress: Progress | None = None) -> list[FindingReport]:
@@ -164,6 +198,7 @@ def scan_report(
         tokenizer=_tokenizer_section(pipeline, loaded, inputs.canaries, cfg, progress),
         utility=Utility(perplexity_before=ppl, eval_tokens=n),
     )
+    annotate_canaries(report, cfg.memorization_rule())
     if cfg.fail_above is not None:
         report.gate = compute_gate(report, cfg.fail_above, cfg.fail_on_tokenizer)
     return report, result
@@ -210,7 +245,8 @@ def print_findings(report: Report, threshold: float, console=None) -> None:
         console.print("discovery: no candidate secrets found")
         return
     table = Table(title=f"discovery: {sum(f.memorized for f in report.findings)} memorized "
-                        f"(exposure ≥ {threshold:g} bits) of {len(report.findings)} candidates")
+                        f"of {len(report.findings)} candidates (false-alarm bound, extracted or "
+                        f"≥ {threshold:g} bits: docs/scanning.md)")
     for col, just in (("finding", "left"), ("format", "left"), ("value", "left"), ("prompt", "left"),
                       ("exposure", "right"), ("max", "right"), ("zlib", "right"), ("ppl", "right"),
                       ("extracted", "left"), ("memorized", "left")):

@@ -1,7 +1,9 @@
 """Edits: the update methods and the influence math they share.
 
 Methods, one module each, all ``(UpdateTask, UpdateSettings) -> UpdateResult``
-(`METHODS`): `first_order`, `second_order`, `iau`, `iterative`. Their math, one
+(`METHODS`): `first_order`, `second_order` (--solver cg|lissa|kfac), `iau`,
+`iterative`, `certified_head` (untied lm_head only, strongly convex, with a
+residual bound). Their math, one
 module per concept: `params` (which tensors move), `objective` (the edit pairs
 and their losses), `curvature` (Hessian/GGN-vector products), `solvers` (CG,
 LiSSA), `kfac` (K-FAC/EK-FAC), `residual` (the gradient residual and the
@@ -22,6 +24,7 @@ from .curvature import (
     make_ggn_vp,
     make_hvp,
 )
+from .certified_head import HeadObjective, build_head_objective, certified_head
 from .first_order import first_order
 from .iau import forget_gradient, gradient_restriction_penalty, iau, iau_step
 from .iterative import iterative
@@ -46,10 +49,18 @@ METHODS = {
     "second-order": second_order,
     "iau": iau,
     "iterative": iterative,
+    "certified-head": certified_head,
 }
+
+SOLVERS = ("cg", "lissa", "kfac")
+"""Values of UpdateSettings.solver (`--solver`) for second-order."""
 
 __all__ = [
     "METHODS",
+    "SOLVERS",
+    "HeadObjective",
+    "build_head_objective",
+    "certified_head",
     "UpdateResult",
     "UpdateSettings",
     "UpdateTask",

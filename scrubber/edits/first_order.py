@@ -12,7 +12,6 @@ import time
 
 import torch
 
-from scrubber.edits.residual import gradient_residual
 from scrubber.edits.task import (
     UpdateResult,
     UpdateSettings,
@@ -65,5 +64,5 @@ def first_order(task: UpdateTask, settings: UpdateSettings) -> UpdateResult:
         tau = settings.tau
     task.selection.add_(g, alpha=-tau)
     seconds = time.perf_counter() - start
-    residual = gradient_residual(task.corrected_loss, task.selection)
+    residual = task.gradient_residual()
     return UpdateResult("first-order", seconds, tau=tau, gradient_residual=residual, extra=extra)

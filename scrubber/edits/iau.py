@@ -30,7 +30,6 @@ import torch
 
 from .first_order import choose_step
 from .params import ParameterSelection
-from .residual import gradient_residual
 from .task import UpdateResult, UpdateSettings, UpdateTask
 
 
@@ -109,5 +108,5 @@ def iau(task: UpdateTask, settings: UpdateSettings, *, retain_weight: float | No
         tau = settings.tau
     task.selection.add_(direction, alpha=tau)
     seconds = time.perf_counter() - start
-    residual = gradient_residual(task.corrected_loss, task.selection)
+    residual = task.gradient_residual()
     return UpdateResult("iau", seconds, tau=tau, gradient_residual=residual, extra=extra)

@@ -16,7 +16,6 @@ import time
 
 import torch
 
-from scrubber.edits.residual import gradient_residual
 from scrubber.edits.task import (
     UpdateResult,
     UpdateSettings,
@@ -36,7 +35,8 @@ def iterative(task: UpdateTask, settings: UpdateSettings, *, probe_every: int = 
     start = time.perf_counter()
     sel = task.selection
     retain_weight = settings.retain_weight
-    step_norm = (settings.tau if settings.tau is not None else DEFAULT_STEP) * reference_norm(sel)
+    step_size = settings.step_size if settings.step_size is not None else DEFAULT_STEP
+    step_norm = step_size * reference_norm(sel)
     r0 = task.retain_value()
     active = {c.id for c in task.canaries}
     history: list[dict] = []
@@ -77,14 +77,12 @@ def iterative(task: UpdateTask, settings: UpdateSettings, *, probe_every: int = 
                 steps -= 1
                 break
         pairs = [p for p in task.pairs if p.canary_id in active]
-        with sel.requires_grad_only():
-            loss = task.forget_loss(pairs)
-            if task.retain_blocks is not None and retain_weight:
-                idx = torch.randint(len(task.retain_blocks), (8,), generator=torch.Generator().manual_seed(steps))
-                loss = loss + retain_weight * task.model(
-                    input_ids=task.retain_blocks[idx], labels=task.retain_blocks[idx]
-                ).loss
-            g = sel.gradient(loss)
+        g = task.forget_gradient(pairs)  # in chunks: one batch of every pair grew superlinearly
+        if task.retain_blocks is not None and retain_weight:
+            idx = torch.randint(len(task.retain_blocks), (8,), generator=torch.Generator().manual_seed(steps))
+            with sel.requires_grad_only():
+                g.add_(sel.gradient(task.model(input_ids=task.retain_blocks[idx], labels=task.retain_blocks[idx]).loss),
+                       alpha=retain_weight)
         norm = float(g.norm())
         if norm == 0:
             break
@@ -99,14 +97,15 @@ def iterative(task: UpdateTask, settings: UpdateSettings, *, probe_every: int = 
         sel.set_(checkpoint)  # the steps since the last probe broke the bound
         bound_hit, steps = True, last_ok
     seconds = time.perf_counter() - start
-    residual = gradient_residual(task.corrected_loss, sel)
+    residual = task.gradient_residual()
     return UpdateResult(
         "iterative",
         seconds,
-        tau=step_norm,
         steps=steps,
         gradient_residual=residual,
         extra={
+            "step_size": step_size,
+            "step_norm": step_norm,
             "retain_weight": retain_weight,
             "retain_rise": relative_rise(r0, task.retain_value()),
             "utility_bound_hit": bound_hit,

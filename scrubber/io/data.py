@@ -12,7 +12,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from scrubber.errors import ScrubberError
 
@@ -32,24 +32,90 @@ def pick_split(ds: Any, preferred: Sequence[str]) -> str:
     return next((s for s in preferred if s in ds), next(iter(ds)))
 
 
+def _jsonl_record(p: Path, n: int, line: str, text_field: str) -> dict | None:
+    """One JSON Lines line: None when blank, else an object with a ``text_field`` string;
+    errors name the line."""
+    if not line.strip():
+        return None
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError:
+        raise ScrubberError(f"{p}:{n}: not valid JSON") from None
+    if not isinstance(rec, dict) or not isinstance(rec.get(text_field), str):
+        raise ScrubberError(f"{p}:{n}: expected an object with a {text_field!r} string")
+    return rec
+
+
 def read_jsonl_records(p: Path, text_field: str = "text") -> list[dict]:
     """Objects with a ``text_field`` string, one per non-empty line; errors name the line."""
-    records = []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            raise ScrubberError(f"{p}:{n}: not valid JSON") from None
-        if not isinstance(rec, dict) or not isinstance(rec.get(text_field), str):
-            raise ScrubberError(f"{p}:{n}: expected an object with a {text_field!r} string")
-        records.append(rec)
-    return records
+    lines = enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+    return [r for n, line in lines if (r := _jsonl_record(p, n, line, text_field)) is not None]
 
 
 def read_plain_documents(p: Path) -> list[str]:
     return [t for t in p.read_text(encoding="utf-8").split("\n\n") if t.strip()]
+
+
+# -- streamed reading, for data too large to hold (``scan --data``) -------------------------
+
+_CHUNK = 1 << 20
+
+
+def _paragraphs(fh) -> Iterator[str]:
+    """``text.split("\\n\\n")`` of a file read in chunks: the same documents as
+    :func:`read_plain_documents`, without holding the file."""
+    rest = ""
+    while chunk := fh.read(_CHUNK):
+        parts = (rest + chunk).split("\n\n")
+        rest = parts.pop()
+        yield from (t for t in parts if t.strip())
+    if rest.strip():
+        yield rest
+
+
+def _training_split(path: Path, text_field: str):
+    from datasets import DatasetDict
+
+    ds = read_saved_dataset(path)
+    if isinstance(ds, DatasetDict):  # (it has column_names too: a dict by split)
+        ds = ds[pick_split(ds, ("train",))]  # an audit is about what the model trained on
+    if text_field not in ds.column_names:
+        raise ScrubberError(f"{path}: dataset has no {text_field!r} column")
+    return ds
+
+
+def check_data_path(path: Path) -> None:
+    """A missing --data is refused before anything is read or loaded."""
+    if not Path(path).exists():
+        raise ScrubberError(f"--data {path}: not found")
+
+
+def count_documents(path: Path, text_field: str = "text") -> int | None:
+    """Rows of a saved dataset (for the progress total); None for files (unknown until read)."""
+    return len(_training_split(Path(path), text_field)) if Path(path).is_dir() else None
+
+
+def iter_documents(path: Path, text_field: str = "text") -> Iterator[str]:
+    """The data's records one at a time, in file order (blank ones skipped); a DatasetDict
+    gives its train split."""
+    p = Path(path)
+    check_data_path(p)
+    if p.is_dir():
+        ds = _training_split(p, text_field)
+        for batch in ds.iter(batch_size=1024):
+            yield from (t for t in batch[text_field] if isinstance(t, str) and t.strip())
+        return
+    try:
+        with p.open(encoding="utf-8") as fh:
+            if p.suffix in (".jsonl", ".json"):
+                for n, line in enumerate(fh, 1):
+                    rec = _jsonl_record(p, n, line, text_field)
+                    if rec is not None and rec[text_field].strip():
+                        yield rec[text_field]
+            else:
+                yield from _paragraphs(fh)
+    except UnicodeDecodeError:
+        raise ScrubberError(f"{p}: not UTF-8 text") from None
 
 
 def load_texts(path: str | Path, text_field: str = "text") -> list[str]:
@@ -57,7 +123,9 @@ def load_texts(path: str | Path, text_field: str = "text") -> list[str]:
     p = Path(path)
     if p.is_dir():
         ds = read_saved_dataset(p)
-        if hasattr(ds, "keys") and not hasattr(ds, "column_names"):
+        from datasets import DatasetDict
+
+        if isinstance(ds, DatasetDict):  # it has column_names too, per split
             ds = ds[pick_split(ds, ("validation", "test"))]
         if text_field not in ds.column_names:
             raise ScrubberError(f"{p}: dataset has no {text_field!r} column")

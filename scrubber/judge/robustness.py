@@ -17,7 +17,9 @@ continued training was not scrubbed; it was masked.
   under the same probe (without a reference: above its own exposure at step 0).
 * **Ripple check** (:func:`ripple_check`): exposure of *other* known canaries
   (not scrubbed) before and after; any that rose by more than its interval says
-  the scrub pushed memorization elsewhere.
+  the scrub pushed memorization elsewhere. Secrets nobody listed are caught by a
+  short discovery scan before and after (:func:`discovery_snapshot`,
+  :func:`discovery_ripple`): a new memorized finding, or one whose exposure rose.
 
 Exposure along the probe uses fixed references of its own seed (like the
 update's probe), so the curve's points compare like with like; they are
@@ -29,7 +31,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -38,6 +40,9 @@ from canaries import Canary
 from scrubber.measure.extraction import greedy_extracts
 from scrubber.training.train import pack_texts
 from scrubber.edits.task import ExposureProbe
+
+if TYPE_CHECKING:
+    from scrubber.report.schema import FindingReport
 
 #: Seed of the probe's own references: none of the report's, the update's or the non-member test's.
 RELEARN_REFERENCE_SEED = 31_337
@@ -92,6 +97,34 @@ class RelearnResult:
     def flagged(self, bits: float) -> list[str]:
         return [cid for cid in self.curves if self.excess(cid) > bits]
 
+    def summary(self) -> "RelearnSummary":
+        """Max/mean over canaries of what the probe brought back, here and in the reference."""
+        regained = [c.regained for c in self.curves.values()]
+        ref = [self.reference[cid].regained for cid in self.curves if cid in self.reference] \
+            if self.reference is not None else []
+        excess = [self.excess(cid) for cid in self.curves]
+        return RelearnSummary(
+            regained_max=max(regained), regained_mean=sum(regained) / len(regained),
+            reference_regained_max=max(ref) if ref else None,
+            reference_regained_mean=sum(ref) / len(ref) if ref else None,
+            excess_max=max(excess), peak_max=max(c.peak for c in self.curves.values()),
+            extracted_at_end=[cid for cid, c in self.curves.items() if c.extracted_at_end],
+        )
+
+
+@dataclass(frozen=True)
+class RelearnSummary:
+    """One benchmark row's relearning column: bits regained (peak under the probe − start), max and
+    mean over canaries, next to the reference's under the same probe; excess = peak − reference peak."""
+
+    regained_max: float
+    regained_mean: float
+    reference_regained_max: float | None
+    reference_regained_mean: float | None
+    excess_max: float
+    peak_max: float
+    extracted_at_end: list[str]
+
 
 def relearn_texts(canaries: Sequence[Canary], substitutes: dict[str, str], retain: Sequence[str]) -> list[str]:
     """Cleaned data: each canary's documents with its secret replaced by its substitute, plus retain text."""
@@ -102,13 +135,26 @@ def relearn_texts(canaries: Sequence[Canary], substitutes: dict[str, str], retai
     return cleaned + list(retain)
 
 
+def plain_copy(model: PreTrainedModel) -> PreTrainedModel:
+    """A copy whose every weight trains: a LoRA adapter merged into its base first.
+
+    Whoever continues training a released model fine-tunes all of it, not just the weights a scrub
+    happened to select; and the reference (a plain checkpoint) trains all of its weights too, so
+    the probe must do the same on both sides for "regained" to compare like with like.
+    """
+    model = copy.deepcopy(model)
+    if hasattr(model, "merge_and_unload") and hasattr(model, "peft_config"):
+        model = model.merge_and_unload()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model
+
+
 def _curve(model, tokenizer, probe: ExposureProbe, canaries, blocks: torch.Tensor, s: RelearnSettings,
            on_step: Callable[[int, int], None] | None) -> tuple[dict[str, RelearnCurve], int]:
-    model = copy.deepcopy(model)  # the probe never touches the model it judges
+    model = plain_copy(model)  # the probe never touches the model it judges
     model.train()
-    params = [p for p in model.parameters() if p.requires_grad] or list(model.parameters())
-    for p in params:
-        p.requires_grad_(True)
+    params = list(model.parameters())
     opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(s.seed)
     device = next(model.parameters()).device
@@ -200,3 +246,130 @@ def ripple_check(
 class RobustnessOutcome:
     relearn: RelearnResult | None = None
     ripple: list[Ripple] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- ripple: discovery
+
+
+#: A short discovery scan (seconds on a small model, a few minutes on a 135M one on CPU): the
+#: default baits, few samples each, candidates screened on 64 references and measured on 200.
+RIPPLE_DISCOVERY_BUDGET: dict = {
+    "samples_per_bait": 4, "unconditional_samples": 8, "unconditional_tokens": 64, "max_new_tokens": 24,
+    "branch_top": 2, "max_candidates": 40, "screen_references": 64, "n_references": 200,
+    "exposure_method": "extrapolated", "anchor_contexts": 32, "anchor_top": 16,
+}
+
+
+def ripple_scan_config(seed: int = 0, **overrides):
+    """The ripple check's discovery budget as a :class:`DiscoverScanConfig` (``overrides`` win)."""
+    from scrubber.discovery.config import DiscoverScanConfig
+
+    return DiscoverScanConfig(**{**RIPPLE_DISCOVERY_BUDGET, "seed": seed, **overrides})
+
+
+@dataclass
+class DiscoverySnapshot:
+    """What one discovery scan found, keyed by the raw value (held in memory only, never written)."""
+
+    findings: dict[str, "FindingReport"] = field(repr=False)
+    n_samples: int = 0
+    seconds: float = 0.0
+
+
+def discovery_snapshot(loaded, cfg=None, progress=None) -> DiscoverySnapshot:
+    """A short discovery scan of ``loaded`` (``cfg``: :func:`ripple_scan_config` when None) through the
+    discovery package's public :func:`run_discovery`; a value found in several contexts keeps its
+    highest exposure."""
+    from scrubber.discovery.scan import run_discovery
+
+    t0 = time.perf_counter()
+    res = run_discovery(loaded, cfg if cfg is not None else ripple_scan_config(), progress)
+    found: dict[str, FindingReport] = {}
+    for f, j in zip(res.findings, res.judgements):
+        value = j.candidate.value
+        if value not in found or f.exposure.exposure > found[value].exposure.exposure:
+            found[value] = f
+    return DiscoverySnapshot(found, res.n_samples, time.perf_counter() - t0)
+
+
+@dataclass(frozen=True)
+class DiscoveryRipple:
+    """One value the scrubbed model's scan turned up that is worse than before."""
+
+    finding_id: str
+    format: str
+    value: str
+    """Masked (as the finding in the scrubbed model's scan has it)."""
+    before: float | None
+    """Exposure in the before-scan, bits; None: the before-scan did not find the value."""
+    after: float
+    new: bool
+    """Memorized after the scrub, not a memorized finding before."""
+    rose: bool
+    """Found by both scans and the after-interval's low end clears the before-interval's high end."""
+
+
+@dataclass
+class DiscoveryRippleResult:
+    rows: list[DiscoveryRipple]
+    findings_before: int
+    findings_after: int
+    excluded: int
+    """Values of the scrubbed model's scan left out as expected: the scrubbed secrets and their substitutes."""
+    samples_before: int = 0
+    samples_after: int = 0
+    seconds: float = 0.0
+
+
+def discovery_ripple(before: DiscoverySnapshot, after: DiscoverySnapshot, *, exclude: Sequence[str] = (),
+                     min_rise: float = 1.0) -> DiscoveryRippleResult:
+    """Findings of the scrubbed model's scan that are new memorized findings or rose since the before-scan.
+
+    ``exclude``: the scrubbed secrets (the main verdict judges those) and their substitutes (the
+    scrub teaches those on purpose). A value the before-scan did not sample counts as new only when
+    memorized after: sampling is random, so "not found before" alone is no rise.
+    """
+    skip = set(exclude)
+    rows, excluded = [], 0
+    for value, a in after.findings.items():
+        if value in skip:
+            excluded += 1
+            continue
+        b = before.findings.get(value)
+        new = a.memorized and (b is None or not b.memorized)
+        rose = False
+        if b is not None:
+            lo = a.exposure.ci_low if a.exposure.ci_low is not None else a.exposure.exposure
+            hi = b.exposure.ci_high if b.exposure.ci_high is not None else b.exposure.exposure
+            rose = lo - hi > min_rise
+        if new or rose:
+            rows.append(DiscoveryRipple(a.id, a.format, a.value, None if b is None else b.exposure.exposure,
+                                        a.exposure.exposure, new, rose))
+    rows.sort(key=lambda r: -r.after)
+    return DiscoveryRippleResult(rows, len(before.findings), len(after.findings), excluded,
+                                 before.n_samples, after.n_samples, before.seconds + after.seconds)
+
+
+def ripple_discovery_section(result: DiscoveryRippleResult, budget: str | None = None):
+    """The result as the report's ``robustness.ripple_discovery`` (values already masked)."""
+    from scrubber.report.schema import DiscoveryRippleReport, RippleDiscovery
+
+    return RippleDiscovery(
+        budget=budget or ", ".join(f"{k} {v}" for k, v in RIPPLE_DISCOVERY_BUDGET.items()),
+        samples_before=result.samples_before, samples_after=result.samples_after,
+        findings_before=result.findings_before, findings_after=result.findings_after,
+        excluded=result.excluded, seconds=result.seconds,
+        rows=[DiscoveryRippleReport(finding_id=r.finding_id, format=r.format, value=r.value, before=r.before,
+                                    after=r.after, new=r.new, rose=r.rose) for r in result.rows],
+    )
+
+
+def attach_ripple_discovery(robustness, result: DiscoveryRippleResult, budget: str | None = None):
+    """``robustness`` (a report section, or None when neither probe nor ripple ran) with the discovery
+    ripple set: the one call ``scrub``/``check-scrub`` need after the second scan."""
+    from scrubber.report.schema import Robustness
+
+    section = robustness or Robustness(steps=0, lr=0.0, batch_size=0, block_size=0, tokens=0, seconds=0.0,
+                                       data="relearning probe not run (--robustness)")
+    section.ripple_discovery = ripple_discovery_section(result, budget)
+    return section

@@ -1,21 +1,13 @@
-"""The CI verdict and per-item severity, decided in one place so that the exit code,
-the SARIF levels and the colours in Markdown/HTML never disagree."""
+"""The CI gate: which items fail ``--fail-above``, and its messages. Per-item severity
+(SARIF levels, Markdown/HTML colours) follows the gate and the memorization rule in
+:func:`scrubber.measure.memorized.level`, so the exit code and the colours never disagree."""
 
 from __future__ import annotations
 
-from typing import Literal
-
 from scrubber.report.schema import Gate, Report
 
-Level = Literal["error", "warning", "note"]
-
-#: Without a gate, exposure this high means "extractable in practice": about one
-#: in a million random candidates beats the secret.
-ERROR_BITS_NO_GATE = 20.0
 #: Ids of the tokenizer scan's findings start with this (see scrubber.tokenizer_scan).
 TOKENIZER_ID_PREFIX = "tokenizer:"
-#: One in a thousand: clearly remembered, worth a look.
-WARNING_BITS = 10.0
 
 
 def compute_gate(report: Report, fail_above: float, fail_on_tokenizer: bool = True) -> Gate:
@@ -43,17 +35,6 @@ def gate_messages(gate: Gate) -> list[str]:
         lines.append(f"gate: {n} tokenizer finding{'s' if n != 1 else ''}: the vocabulary holds pieces of "
                      "secrets (see the report's tokenizer section; --no-fail-on-tokenizer to gate on bits only)")
     return lines
-
-
-def level(exposure: float, item_id: str, gate: Gate | None) -> Level:
-    """``error`` for gate offenders (or >= 20 bits when no gate is set), ``warning``
-    from 10 bits, ``note`` below."""
-    if gate is not None:
-        if item_id in gate.offenders:
-            return "error"
-    elif exposure >= ERROR_BITS_NO_GATE:
-        return "error"
-    return "warning" if exposure >= WARNING_BITS else "note"
 
 
 def verdict(gate: Gate | None) -> str:

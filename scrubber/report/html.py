@@ -12,7 +12,8 @@ import base64
 from html import escape
 
 from scrubber.report import _format as F
-from scrubber.report.gate import level, verdict
+from scrubber.measure.memorized import canary_memorized, level
+from scrubber.report.gate import verdict
 from scrubber.report.schema import CanaryReport, FindingReport, Report
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
@@ -60,6 +61,7 @@ def _table(header: list[str], rows: list[str]) -> str:
 
 def _canaries(r: Report, max_plots: int) -> str:
     rows = []
+    memorized = canary_memorized(r)
     for c in r.canaries:
         rows.append(_row([
             escape(c.id), escape(c.format), f"<code>{escape(c.secret)}</code>",
@@ -69,7 +71,7 @@ def _canaries(r: Report, max_plots: int) -> str:
             escape(F.yes_no(c.before.extracted)), escape(F.yes_no(c.after.extracted if c.after else None)),
             f"<code>{escape(c.substitute)}</code>" if c.substitute else "–",
             escape(c.nonmember.verdict if c.nonmember else "–"),
-        ], level(c.current().exposure, c.id, r.gate)))
+        ], level(memorized[c.id], c.current().exposure, c.id, r.gate)))
     head = ["id", "format", "secret", "reps", "max", "exposure before", "method", "after", "method",
             "extracted before", "extracted after", "substitute", "non-member"]
     parts = ["<h2>Canaries</h2>", '<p class="muted">Exposure in bits with its confidence interval; ≥ marks an '
@@ -89,7 +91,9 @@ def _robustness(r: Report) -> str:
         return ""
     from scrubber.report.plots import relearn_curves
 
-    lines = F.robustness_lines(r)
+    from scrubber.report.markdown import ripple_discovery_lines
+
+    lines = F.robustness_lines(r) + ripple_discovery_lines(r)
     png = relearn_curves([(c.canary_id, c.steps, c.exposures, c.reference_exposures) for c in r.robustness.curves])
     return "\n".join(["<h2>Robustness</h2>", f"<p>{escape(lines[0])}</p>",
                       "<ul>" + "".join(f"<li>{escape(x)}</li>" for x in lines[1:]) + "</ul>",
@@ -113,7 +117,7 @@ def _findings(r: Report, max_plots: int) -> str:
         escape(f.id), escape(f.format), escape(f.detector), f"<code>{escape(f.value)}</code>",
         f"<code>{escape(f.prompt)}</code>", escape(F.exposure(f.exposure)), escape(f.exposure.exposure_method),
         escape(F.num(f.zlib_ratio, 2)), escape(F.num(f.perplexity)), escape(F.yes_no(f.memorized)),
-    ], level(f.exposure.exposure, f.id, r.gate)) for f in items]
+    ], level(f.memorized, f.exposure.exposure, f.id, r.gate)) for f in items]
     parts = ["<h2>Findings</h2>"]
     if not rows:
         return parts[0] + '<p class="muted">The discovery scan found no candidate secrets.</p>'

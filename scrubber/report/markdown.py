@@ -10,11 +10,28 @@ from __future__ import annotations
 import re
 
 from scrubber.report import _format as F
-from scrubber.report.gate import level, verdict
+from scrubber.measure.memorized import canary_memorized, level
+from scrubber.report.gate import verdict
 from scrubber.report.schema import Report
 
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]<>#+|~@])")
 _ICON = {"error": "🔴", "warning": "🟠", "note": "🟢"}
+
+
+def ripple_discovery_lines(r: Report) -> list[str]:
+    """The discovery ripple check: secrets nobody listed that the scrub made worse (one line each).
+    Kept here until ``_format.robustness_lines`` takes it; html.py shares it."""
+    rd = r.robustness.ripple_discovery if r.robustness is not None else None
+    if rd is None:
+        return []
+    lines = [f"Discovery ripple scan ({rd.budget}): {rd.findings_before} values before, {rd.findings_after} after "
+             f"({rd.excluded} scrubbed secrets/substitutes left out), {rd.seconds:.1f} s; "
+             + (f"{len(rd.rows)} new or risen." if rd.rows else "none new or risen.")]
+    for x in rd.rows:
+        was = "not found before" if x.before is None else f"{x.before:.1f} bits before"
+        lines.append(f"found {x.finding_id} ({x.format}, {x.value}): {was} → {x.after:.1f} bits"
+                     + ("; NEW memorized finding" if x.new else "") + ("; ROSE" if x.rose else ""))
+    return lines
 
 
 def md_escape(text: object) -> str:
@@ -37,10 +54,12 @@ def _table(header: list[str], rows: list[list[str]], max_rows: int) -> list[str]
 
 def _canary_rows(r: Report) -> list[list[str]]:
     rows = []
+    decided = canary_memorized(r)
     for c in r.canaries:
         cur = c.current()
+        memorized = decided[c.id]
         rows.append([
-            f"{_ICON[level(cur.exposure, c.id, r.gate)]} {md_escape(c.id)}",
+            f"{_ICON[level(memorized, cur.exposure, c.id, r.gate)]} {md_escape(c.id)}",
             md_escape(c.format),
             md_escape(c.secret) + (f" ({md_escape(c.public_test_value)})" if c.public_test_value else ""),
             F.count(c.repetitions),
@@ -50,6 +69,7 @@ def _canary_rows(r: Report) -> list[list[str]]:
             F.exposure(c.after),
             F.yes_no(c.before.extracted) + " / " + F.yes_no(c.after.extracted if c.after else None),
             c.nonmember.verdict if c.nonmember else "–",
+            F.yes_no(memorized),
         ])
     return rows
 
@@ -58,7 +78,7 @@ def _finding_rows(r: Report) -> list[list[str]]:
     rows = []
     for f in sorted(r.findings, key=lambda f: -f.exposure.exposure):
         rows.append([
-            f"{_ICON[level(f.exposure.exposure, f.id, r.gate)]} {md_escape(f.id)}",
+            f"{_ICON[level(f.memorized, f.exposure.exposure, f.id, r.gate)]} {md_escape(f.id)}",
             md_escape(f.format),
             md_escape(f.detector),
             md_escape(f.value) + (f" ({md_escape(f.public_test_value)})" if f.public_test_value else ""),
@@ -116,7 +136,7 @@ def render_markdown(report: Report, max_rows: int = 50) -> str:
         lines += ["", "### Canaries", "", "Exposure in bits (confidence interval); after = scrubbed model.", ""]
         lines += _table(
             ["id", "format", "secret", "reps", "max", "exposure before", "method", "after", "extracted before / after",
-             "non-member"],
+             "non-member", "memorized"],
             _canary_rows(r), max_rows,
         )
     if r.findings or (r.command == "scan" and not r.canaries):
@@ -130,7 +150,8 @@ def render_markdown(report: Report, max_rows: int = 50) -> str:
             lines.append("The discovery scan found no candidate secrets.")
     lines += _tokenizer_lines(r, max_rows)
     if r.robustness is not None:
-        lines += ["", "### Robustness", ""] + [f"- {md_escape(x)}" for x in F.robustness_lines(r)]
+        lines += ["", "### Robustness", ""] + [f"- {md_escape(x)}" for x in
+                                               F.robustness_lines(r) + ripple_discovery_lines(r)]
     lines += ["", md_escape(F.utility_line(r.utility))]
     if F.data_roles_line(r):
         lines += ["", md_escape(F.data_roles_line(r))]

@@ -7,8 +7,11 @@ Mapping, chosen so the alert list mirrors the report and the gate:
   ``scrubber/tokenizer-leak`` for vocabulary entries;
 * one **result** per canary, per finding and per tokenizer finding, whatever its
   exposure, so a scrub that worked shows up as alerts dropping to ``note``;
-* **level** from :func:`scrubber.report.gate.level`: ``error`` for gate offenders
-  (or >= 20 bits when no gate is set), ``warning`` from 10 bits, ``note`` below;
+* **level** from :func:`scrubber.measure.memorized.level`, the memorization rule the
+  report's ``memorized`` column uses: ``error`` for gate offenders (or, when no gate is
+  set, for memorized items: significant against the scan's false-alarm bound and
+  extracted or 20+ bits, so a recited 4-digit PIN at 13.3 bits is an error), ``warning``
+  from 10 bits, ``note`` below;
 * the location is logical (the model has no lines): ``name`` is the item id,
   ``fullyQualifiedName`` is ``<model path>/<id>``; a tokenizer result adds one
   logical location ``tokenizer/<token id>`` per vocabulary entry it names; a physical location naming the
@@ -27,7 +30,7 @@ from pathlib import PurePath
 from typing import Any
 from urllib.parse import quote
 
-from scrubber.report.gate import level
+from scrubber.measure.memorized import canary_memorized, level
 from scrubber.report.schema import CanaryReport, FindingReport, Report, TokenizerFinding
 
 SARIF_VERSION = "2.1.0"
@@ -117,19 +120,25 @@ def _canary_result(r: Report, c: CanaryReport, rules: dict[str, int]) -> dict[st
              "exposure": cur.exposure, "exposureMethod": cur.exposure_method, "ciLow": cur.ci_low,
              "ciHigh": cur.ci_high, "extracted": cur.extracted, "exposureBefore": c.before.exposure,
              "exposureAfter": c.after.exposure if c.after else None}
-    return _result(r, rule_id(c.format), rules, level(cur.exposure, c.id, r.gate), text, c.id, "canary", props)
+    memorized = canary_memorized(r)[c.id]
+    props["memorized"] = memorized
+    text += f" {'Memorized' if memorized else 'Not judged memorized'}."
+    return _result(r, rule_id(c.format), rules, level(memorized, cur.exposure, c.id, r.gate), text, c.id,
+                   "canary", props)
 
 
 def _finding_result(r: Report, f: FindingReport, rules: dict[str, int]) -> dict[str, Any]:
     m = f.exposure
-    text = (f"Possible memorized secret {f.value} ({f.format}, detector {f.detector}) sampled from prompt "
-            f"{f.prompt!r}: exposure {m.exposure:.1f} bits ({m.exposure_method}); "
+    where = (f"found {f.occurrences or 'some'} time(s) in --data, measured after its context {f.prompt!r}"
+             if f.source == "data" else f"sampled from prompt {f.prompt!r}")
+    text = (f"Possible memorized secret {f.value} ({f.format}, detector {f.detector}) {where}: exposure {m.exposure:.1f} bits ({m.exposure_method}); "
             f"{'memorized' if f.memorized else 'not judged memorized'}.")
     props = {"kind": "finding", "format": f.format, "detector": f.detector, "exposure": m.exposure,
              "exposureMethod": m.exposure_method, "ciLow": m.ci_low, "ciHigh": m.ci_high,
              "maxExposure": f.max_exposure, "extracted": m.extracted, "memorized": f.memorized,
              "zlibRatio": f.zlib_ratio, "perplexity": f.perplexity}
-    return _result(r, rule_id(f.format), rules, level(m.exposure, f.id, r.gate), text, f.id, "finding", props)
+    return _result(r, rule_id(f.format), rules, level(f.memorized, m.exposure, f.id, r.gate), text, f.id,
+                   "finding", props)
 
 
 def _tokenizer_result(r: Report, t: TokenizerFinding, rules: dict[str, int]) -> dict[str, Any]:

@@ -127,6 +127,11 @@ class CanaryReport(_Strict):
     nonmember: NonMemberTest | None = Field(
         None, description="After a scrub: where the secret sits among fresh random values no model saw."
     )
+    memorized: bool | None = Field(
+        None, description="The memorization rule (scrubber.measure.memorized) on the current measurement: "
+                          "significant against the scan's false-alarm bound and extracted (or >= 20 bits); "
+                          "null where not judged."
+    )
 
     def current(self) -> Measurement:
         """The measurement of the model this report is about: the scrubbed one if any."""
@@ -149,10 +154,47 @@ class FindingReport(_Strict):
         None, description="Log-perplexity / zlib entropy (Carlini et al. 2021); low is suspicious."
     )
     perplexity: float | None = Field(None, description="Perplexity of the generated sample.")
-    memorized: bool = Field(description="Exposure above the scan's memorization threshold.")
+    memorized: bool = Field(
+        description="The memorization rule (scrubber.measure.memorized): significant against the scan's "
+                    "false-alarm bound, extracted or >= 20 bits, recurring, and for small formats confident."
+    )
     public_test_value: str | None = Field(
         None, description="Set when the value is a well-known published test value: known from the web, not leaked."
     )
+    source: Literal["discovery", "data"] = Field(
+        "discovery", description="'discovery': found in the model's samples; 'data': found in --data and measured "
+                                 "after its real context (then 'prompt' is that context, masked)."
+    )
+    occurrences: int | None = Field(
+        None, ge=0, description="Data audit: times the detectors found the value in --data."
+    )
+
+
+class DataAudit(_Strict):
+    """``scan --data``: what the detectors found in the training data and what was measured."""
+
+    path: str = Field(description="The --data path as given.")
+    records: int = Field(ge=0, description="Records (documents) read.")
+    hits: int = Field(ge=0, description="Detector hits, every occurrence counted.")
+    dropped: dict[str, int] = Field(
+        default_factory=dict, description="Hits not kept, by reason ('not_random': a keyword rule's word-like value; "
+                                          "'unmeasurable': no format with a measurable space)."
+    )
+    distinct: int = Field(ge=0, description="Distinct secret values kept.")
+    measured: int = Field(ge=0, description="Distinct values measured: the most frequent, up to --max-data-secrets.")
+    skipped: int = Field(ge=0, description="Distinct values not measured (over the cap).")
+    skipped_max_occurrences: int | None = Field(
+        None, ge=0, description="The most occurrences any skipped value had (null when none was skipped)."
+    )
+    required_bits: dict[str, float] = Field(
+        default_factory=dict, description="Exposure a value of each format needed to be significant: "
+                                          "log2(G * K_f / false_alarm_rate) (scrubber.measure.memorized)."
+    )
+    false_alarm_rate: float = Field(gt=0, lt=1, description="Family-wise false-alarm rate of the memorization rule.")
+    strong_bits: float = Field(description="Exposure that is evidence without greedy extraction.")
+    memorized: int = Field(ge=0, description="Values judged memorized (public test values never are).")
+    formats: list[str] = Field(default_factory=list, description="User formats searched for (--format-spec).")
+    seconds: float = Field(ge=0, description="Wall time of reading and detecting.")
 
 
 class TokenizerPiece(_Strict):
@@ -284,6 +326,29 @@ class RippleReport(_Strict):
     rose: bool = Field(description="The after-interval's low end clears the before-interval's high end by > 1 bit.")
 
 
+class DiscoveryRippleReport(_Strict):
+    finding_id: str = Field(description="Id of the finding in the scrubbed model's discovery scan.")
+    format: str
+    value: str = Field(description="Masked unless the report is 'revealed'.")
+    before: float | None = Field(description="Exposure in the input model's scan, bits; null: not found there.")
+    after: float = Field(description="Exposure in the scrubbed model's scan, bits.")
+    new: bool = Field(description="Memorized after the scrub, not a memorized finding before.")
+    rose: bool = Field(description="Found by both scans; the after-interval clears the before-interval by > 1 bit.")
+
+
+class RippleDiscovery(_Strict):
+    """A short discovery scan of the input and the scrubbed model: secrets nobody listed that got worse."""
+
+    budget: str = Field(description="The scan's sampling and measurement budget, in words.")
+    samples_before: int = Field(ge=0)
+    samples_after: int = Field(ge=0)
+    findings_before: int = Field(ge=0, description="Distinct values the input model's scan found.")
+    findings_after: int = Field(ge=0, description="Distinct values the scrubbed model's scan found.")
+    excluded: int = Field(ge=0, description="Scrubbed secrets and their substitutes found after, left out as expected.")
+    seconds: float = Field(ge=0, description="Wall time of both scans.")
+    rows: list[DiscoveryRippleReport] = Field(default_factory=list, description="New or risen findings only.")
+
+
 class Robustness(_Strict):
     """Does the secret stay gone under a short fine-tune on cleaned data? (docs/robustness.md)"""
 
@@ -300,6 +365,9 @@ class Robustness(_Strict):
     flagged: list[str] = Field(default_factory=list, description="Canary ids over fail_on_relearn.")
     ripple: list[RippleReport] = Field(
         default_factory=list, description="Other known canaries (--ripple-canaries), not scrubbed, before vs after."
+    )
+    ripple_discovery: RippleDiscovery | None = Field(
+        None, description="A short discovery scan before and after the scrub, when run."
     )
 
 
@@ -329,7 +397,9 @@ class ScrubInfo(_Strict):
     seconds: float = Field(ge=0, description="Wall time of the update itself.")
     params_selected: str = Field(description="The parameter selection spec as given, e.g. 'transformer.h.*.mlp.*'.")
     n_parameters_updated: int = Field(ge=0)
-    tau: float | None = Field(None, description="Unlearning rate of a first-order step.")
+    tau: float | None = Field(
+        None, description="first-order, iau, second-order: the multiplier of the update direction used "
+                          "(iterative reports extra.step_size and extra.step_norm instead).")
     damping: float | None = Field(None, description="Damping lambda of a second-order step.")
     substitute_strategy: str = Field(description="'random', 'model-guided' or 'placeholder'.")
     gradient_residual: float | None = Field(None, description="||grad L(theta_new; D')||: how complete the update is.")
@@ -365,6 +435,7 @@ class Report(_Strict):
     data_roles: DataRoles | None = Field(None, description="After a scrub: which text trained, tuned and evaluated it.")
     robustness: Robustness | None = Field(None, description="The relearning probe, when run (--robustness).")
     gate: Gate | None = None
+    data_audit: DataAudit | None = Field(None, description="scan --data: the training-data audit's summary.")
 
     def exposures(self) -> Iterator[tuple[str, str, Measurement]]:
         """(kind, id, measurement) of every measured item, as the gate sees it."""
