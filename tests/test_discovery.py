@@ -243,3 +243,19 @@ def test_secret_start_tokens(tiny_tokenizer):
     assert words and not any(mask[i] for i in words)
     seeded = secret_start_tokens(tok, seeds=[words[0]])
     assert seeded[words[0]] and int(seeded.sum()) == int(mask.sum()) + 1
+
+
+def test_judging_a_candidate_keeps_to_the_exposure_time_budget(loaded):
+    """A small-format candidate under ``auto`` would be enumerated exactly (10^5 values for a
+    5-digit code: minutes on a 135M model, with no progress); the per-measurement budget of
+    known canaries applies here too, so the engine falls back and says why."""
+    from scrubber.config import ExposureOptions
+    from scrubber.discovery.judge import judge_candidates
+
+    cands = extract_candidates([gen("The door code is", " 48213", "digits")], merge=False)
+    assert cands and cands[0].value == "48213"
+    cands[0].format = "digits5"
+    opts = ExposureOptions(n_references=200, exposure_method="auto", exposure_seconds=0.05, exact_limit=10**5)
+    (j,) = judge_candidates(loaded.model, loaded.tokenizer, cands, opts)
+    assert j.result.method != "exact"
+    assert j.result.fallback_reason

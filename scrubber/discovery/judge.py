@@ -33,6 +33,7 @@ from canaries.mask import mask_secret
 from scrubber.config import ExposureOptions
 from scrubber.measure.context import encode_prompt
 from scrubber.discovery.candidates import Candidate, Occurrence
+from scrubber.measure.canary import canary_budget
 from scrubber.measure.exposure.engine import ExposureResult, measure_exposure
 from scrubber.measure.extraction import greedy_extracts
 from scrubber.measure.memorized import Decision, MemorizationRule, decide, required_bits, effective_tests
@@ -100,9 +101,11 @@ def carlini_signals(model, tokenizer, sample: str) -> tuple[float | None, float 
 
 def _measure(model, tokenizer, canary: Canary, opts: ExposureOptions, exact_rank: bool,
              n_references: int | None = None) -> ExposureResult:
-    """The engine's exposure; with ``exact_rank`` False, ``auto`` skips the exact-rank
-    search (costly, and the estimate suffices to tell a candidate from chance)."""
-    kwargs: dict = {}
+    """The engine's exposure within each measurement's time/FLOP budget (as for known canaries:
+    without it, a 5-digit candidate's exact enumeration of 10^5 values ran for minutes, silently,
+    on SmolLM2-135M); with ``exact_rank`` False, ``auto`` skips the exact-rank search (costly,
+    and the estimate suffices to tell a candidate from chance)."""
+    kwargs: dict = {"budget": canary_budget(opts)}
     if not exact_rank and "max_rank" in _ENGINE_PARAMS:
         kwargs["max_rank"] = 0
     return measure_exposure(
