@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import importlib
 import json
 import os
@@ -43,7 +42,7 @@ import torch
 
 from canaries import Canary, dump_canaries, load_canaries
 from canaries.inject import inject, make_canaries
-from scrubber.demo.build import DemoSpec, build_demo, corpus_split, default_cache_dir
+from scrubber.demo.build import DemoSpec, build_demo, corpus_split, default_cache_dir, settings_key
 from scrubber.edits import METHODS, UpdateSettings
 from scrubber.edits.objective import make_edit_pairs
 from scrubber.edits.params import select_parameters
@@ -89,7 +88,7 @@ class LlamaSpec:
     version: int = LLAMA_VERSION
 
     def key(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        return settings_key(asdict(self))
 
     def demo_spec(self) -> DemoSpec:
         """The DemoSpec whose corpus split / data roles this checkpoint shares (seed, held-out fraction)."""

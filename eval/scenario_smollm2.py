@@ -27,7 +27,6 @@ any scrub (scan of each model); scrub methods are wired on top by the caller.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import random
@@ -42,7 +41,8 @@ import torch
 
 from canaries import Canary, dump_canaries, get_format
 from canaries.inject import inject
-from eval.models.smollm2 import default_cache, smollm2_dir
+from eval.models.smollm2 import smollm2_dir
+from scrubber.demo.build import default_cache_dir, settings_key
 
 SCENARIO_VERSION = 1
 
@@ -87,8 +87,7 @@ class ScenarioSettings:
     version: int = SCENARIO_VERSION
 
     def key(self) -> str:
-        blob = json.dumps(asdict(self), sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+        return settings_key(asdict(self))
 
 
 @dataclass
@@ -214,7 +213,7 @@ def _artifacts(root: Path, base: Path, s: ScenarioSettings, seconds: dict) -> Sc
 def build_scenario(cache_dir: Path | None = None, settings: ScenarioSettings | None = None) -> ScenarioArtifacts:
     """Build (or reuse) the scenario; written to a temp dir and renamed, so a partial build is never reused."""
     s = settings or ScenarioSettings()
-    cache = Path(cache_dir) if cache_dir is not None else default_cache()
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     root = cache / f"scenario-smollm2-{s.key()}"
     base = smollm2_dir(cache)
     if (root / "done.json").is_file():

@@ -54,6 +54,10 @@ RelearnStepsOpt = typer.Option(None, "--relearn-steps", help="Steps of the relea
 RelearnLrOpt = typer.Option(None, "--relearn-lr", help="AdamW learning rate of the relearning probe (default 5e-4).")
 ReferenceOpt = typer.Option(
     None, "--reference-model", help="Clean twin / retrained model: the relearning probe runs on it too.")
+TargetOpt = typer.Option(None, "--target-exposure", help="Bits every canary should end at or below (default 3).")
+AllowPartialOpt = typer.Option(
+    None, "--allow-partial/--no-allow-partial",
+    help="Exit 0 even when the scrub's verdict fails (the report still says so).")
 RippleDiscoveryOpt = typer.Option(
     None, "--ripple-discovery/--no-ripple-discovery",
     help="A short discovery scan before and after: report secrets nobody listed that are new or rose.")
@@ -263,16 +267,15 @@ def scan(
         if baits:  # --bait extends the YAML list
             cfg.baits = [*cfg.baits, *baits]
         _check_report(cfg)
+        if cfg.emit_canaries is not None and cfg.emit_canaries.is_dir():
+            raise ScrubberError(f"--emit-canaries {cfg.emit_canaries}: is a directory")
         if cfg.data is not None:
             return _scan_data(model_dir, cfg, quiet, default_base=Path("report") if format else None)
         if cfg.format_spec or "max_data_secrets" in cfg.model_fields_set:
             raise ScrubberError("--format-spec and --max-data-secrets need --data")
         discovering = cfg.discover or cfg.canaries is None
-        if cfg.emit_canaries is not None:
-            if not discovering:
-                raise ScrubberError("--emit-canaries needs discovery or --data (drop --canaries, or add --discover or --data)")
-            if cfg.emit_canaries.is_dir():
-                raise ScrubberError(f"--emit-canaries {cfg.emit_canaries}: is a directory")
+        if cfg.emit_canaries is not None and not discovering:
+            raise ScrubberError("--emit-canaries needs discovery or --data (drop --canaries, or add --discover or --data)")
         rep, result = scan_report(model_dir, cfg, _progress(quiet))
         if result is not None and cfg.emit_canaries is not None:
             emitted = result.memorized_canaries()
@@ -291,12 +294,8 @@ def scan(
 def _scan_data(model_dir: Path, cfg, quiet: bool, default_base: Path | None) -> int:
     """``scan --data``: the data audit (with known canaries and, with --discover, discovery)."""
     from scrubber.discovery.data_audit import print_data_findings, scan_with_data
-    from scrubber.io.data import check_data_path
     from scrubber.discovery.scan import print_findings, write_canary_file
 
-    check_data_path(cfg.data)
-    if cfg.emit_canaries is not None and cfg.emit_canaries.is_dir():
-        raise ScrubberError(f"--emit-canaries {cfg.emit_canaries}: is a directory")
     progress = _progress(quiet)
     outcome = scan_with_data(model_dir, cfg, progress)
     rep = outcome.report
@@ -350,7 +349,7 @@ def scrub(
     lora: Optional[bool] = typer.Option(None, "--lora/--no-lora", help="Put the update in a new LoRA adapter."),
     merge_lora: Optional[bool] = typer.Option(None, "--merge-lora/--no-merge-lora", help="Save the LoRA update merged into full weights."),
     substitute: Optional[str] = typer.Option(None, "--substitute", help="random (default), model, placeholder."),
-    target_exposure: Optional[float] = typer.Option(None, "--target-exposure", help="Bits every canary should end at or below."),
+    target_exposure: Optional[float] = TargetOpt,
     retain_weight: Optional[float] = typer.Option(None, "--retain-weight", help="Weight of the retain loss in iterative steps (default 100)."),
     drop_leaking_tokens: Optional[bool] = typer.Option(None, "--drop-leaking-tokens/--keep-tokens", help="Opt-in: remove secret pieces the tokenizer scan flags from the saved tokenizer (ids kept)."),
     tokenizer_scan: Optional[bool] = typer.Option(None, "--tokenizer-scan/--no-tokenizer-scan", help="Scan the vocabulary for secret pieces (default on)."),
@@ -362,9 +361,7 @@ def scrub(
     n_references: Optional[int] = NRefOpt,
     seed: Optional[int] = SeedOpt,
     force: Optional[bool] = typer.Option(None, "--force/--no-force", help="Replace a non-empty --out."),
-    allow_partial: Optional[bool] = typer.Option(
-        None, "--allow-partial/--no-allow-partial",
-        help="Exit 0 even when the verdict says the scrub missed (the report still says so)."),
+    allow_partial: Optional[bool] = AllowPartialOpt,
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Step budget of iterative updates (default 60)."),
     max_retain_increase: Optional[float] = typer.Option(
         None, "--max-retain-increase", help="Utility bound: largest relative rise of held-out loss (default 0.02 = +2%)."),
@@ -440,8 +437,8 @@ def check_scrub(
     relearn_lr: Optional[float] = RelearnLrOpt,
     fail_on_relearn: Optional[float] = FailRelearnOpt,
     ripple_discovery: Optional[bool] = RippleDiscoveryOpt,
-    target_exposure: Optional[float] = typer.Option(None, "--target-exposure", help="Bits every canary should be at or below."),
-    allow_partial: Optional[bool] = typer.Option(None, "--allow-partial/--no-allow-partial", help="Exit 0 on a failed verdict."),
+    target_exposure: Optional[float] = TargetOpt,
+    allow_partial: Optional[bool] = AllowPartialOpt,
     report: Optional[Path] = ReportOpt,
     format: Optional[list[str]] = FormatOpt,
     reveal: Optional[bool] = RevealOpt,
@@ -493,8 +490,7 @@ def demo(
     format: Optional[list[str]] = FormatOpt,
     reveal: Optional[bool] = RevealOpt,
     seed: Optional[int] = SeedOpt,
-    allow_partial: Optional[bool] = typer.Option(
-        None, "--allow-partial/--no-allow-partial", help="Exit 0 even when the scrub's verdict fails."),
+    allow_partial: Optional[bool] = AllowPartialOpt,
     config: Optional[Path] = ConfigOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import sys
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -15,6 +18,12 @@ import torch
 
 from scrubber.training.model_factory import small_causal_lm
 from scrubber.training.tokenizer import train_bpe_tokenizer
+
+
+def console_script(name: str) -> str | None:
+    """The console script ``name`` installed beside this interpreter (the environment under
+    test), else the first on PATH; None when there is none."""
+    return shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
 
 # Tiny models gain nothing from intra-op threads, and two threads on a shared
 # 2-core machine measured up to 15x slower (the CLI makes the same choice for

@@ -9,19 +9,18 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from canaries import load_canaries
+from conftest import console_script
 from scrubber.report.schema import Report
 
 
 def _scrubber() -> list[str]:
-    exe = shutil.which("scrubber", path=str(Path(sys.executable).parent)) or shutil.which("scrubber")
+    exe = console_script("scrubber")
     return [exe] if exe else [sys.executable, "-m", "scrubber.cli"]
 
 

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from canaries.canary import Canary, dump_canaries
+from conftest import console_script
 from scrubber.measure.exposure import measure_many
 from scrubber.measure.exposure.distributed import score_candidates_sharded
 
@@ -26,10 +24,7 @@ OPTIONS = {"n_references": 301, "seed": 3, "batch_size": 64}
 
 
 def _launcher() -> list[str]:
-    exe = Path(sys.executable).with_name("accelerate")
-    if exe.exists():
-        return [str(exe), "launch"]
-    found = shutil.which("accelerate")
+    found = console_script("accelerate")
     if found is None:
         pytest.skip("accelerate launcher not installed")
     return [found, "launch"]

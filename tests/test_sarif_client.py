@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import console_script
 from scrubber.report.sarif import build_sarif
 from test_report import build_report
 
@@ -23,7 +22,7 @@ pytest.importorskip("sarif", reason="sarif-tools is a test dependency (pip insta
 
 
 def _sarif_cli() -> list[str]:
-    exe = shutil.which("sarif", path=str(Path(sys.executable).parent)) or shutil.which("sarif")
+    exe = console_script("sarif")
     assert exe, "the sarif-tools console script is missing"
     return [exe]
 

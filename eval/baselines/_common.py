@@ -26,7 +26,6 @@ from typing import Callable, Sequence
 import torch
 
 from scrubber.edits.objective import encode_with_spans, token_nll
-from scrubber.edits.residual import gradient_residual
 from scrubber.edits.task import UpdateResult, UpdateTask, relative_rise
 
 
@@ -142,5 +141,5 @@ def optimize(
         "retain_rise": relative_rise(r0, task.retain_value()),
     }
     info.update(extra or {})
-    residual = gradient_residual(task.corrected_loss, sel)  # same diagnostic the scrub methods report
+    residual = task.gradient_residual()  # the scrub methods' diagnostic, computed the same way
     return UpdateResult(name, seconds, tau=config.lr, steps=step, gradient_residual=residual, extra=info)

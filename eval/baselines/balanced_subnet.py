@@ -26,7 +26,6 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from scrubber.edits.residual import gradient_residual
 from scrubber.edits.task import UpdateResult, UpdateSettings, UpdateTask
 
 from ._common import BaselineConfig, forget_nll, linear_schedule, retain_nll, sample_retain
@@ -113,7 +112,7 @@ def balanced_subnet(
         for p, rg in frozen:
             p.requires_grad_(rg)
         model.eval()
-    residual = gradient_residual(task.corrected_loss, task.selection)
+    residual = task.gradient_residual()
     return UpdateResult(
         "balanced_subnet", time.perf_counter() - start, tau=config.lr, steps=step, gradient_residual=residual,
         extra={"lambda": lam, "weights_pruned": pruned, "mlp_weights": sel.numel,

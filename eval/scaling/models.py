@@ -11,12 +11,10 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from scrubber.demo.build import build_demo, default_cache_dir
+from scrubber.demo.build import build_demo, default_cache_dir, settings_key
 
 MODEL_NAMES: tuple[str, ...] = ("demo", "10m", "smollm2")
 
@@ -30,8 +28,7 @@ class RandomSpec:
     seed: int = 0
 
     def key(self, tokenizer_from: str) -> str:
-        blob = json.dumps(asdict(self) | {"tokenizer": tokenizer_from}, sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:12]
+        return settings_key(asdict(self) | {"tokenizer": tokenizer_from})
 
 
 def demo_dir() -> Path:

@@ -54,8 +54,7 @@ class DemoSpec:
         fields = asdict(self)
         if fields["max_docs"] is None:  # added after v2: unset, the key (and the cache) stays what it was
             del fields["max_docs"]
-        blob = json.dumps(fields, sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:12]
+        return settings_key(fields)
 
     @classmethod
     def quick(cls, seed: int = 0, epochs: int | None = None) -> "DemoSpec":
@@ -81,6 +80,13 @@ def default_cache_dir() -> Path:
     if env:
         return Path(env)
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "scrubber"
+
+
+def settings_key(settings: dict) -> str:
+    """The name of a cached artefact under :func:`default_cache_dir`: a hash of everything that
+    built it (a dataclass's ``asdict``), so changed settings never reuse a stale build."""
+    blob = json.dumps(settings, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
 
 
 def corpus_split(seed: int, heldout_fraction: float) -> tuple[list[str], list[str]]:

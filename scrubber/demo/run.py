@@ -31,8 +31,7 @@ def run_demo(cfg: DemoConfig, progress: Progress | None = None) -> Report:
         spec = DemoSpec.quick(seed=cfg.seed, epochs=epochs)
     else:
         spec = DemoSpec(seed=cfg.seed, epochs=cfg.epochs)
-    if cfg.grad_restriction_alpha:
-        spec = dataclasses.replace(spec, grad_restriction_alpha=cfg.grad_restriction_alpha)
+    spec = dataclasses.replace(spec, grad_restriction_alpha=cfg.grad_restriction_alpha)
     state = {"stage": None, "cm": None, "adv": None}
 
     def on_progress(stage: str, done: int, total: int) -> None:

@@ -108,7 +108,7 @@ def _fingerprint(report: Report, kind: str, item_id: str) -> dict[str, str]:
     return {"scrubberItem/v1": hashlib.sha256(key.encode()).hexdigest()}
 
 
-def _canary_result(r: Report, c: CanaryReport, rules: dict[str, int]) -> dict[str, Any]:
+def _canary_result(r: Report, c: CanaryReport, rules: dict[str, int], memorized: bool) -> dict[str, Any]:
     cur = c.current()
     when = "after scrub" if c.after is not None else "in the input model"
     text = (f"Canary {c.id!r} ({c.format}, secret {c.secret}) has exposure {cur.exposure:.1f} bits {when} "
@@ -120,7 +120,6 @@ def _canary_result(r: Report, c: CanaryReport, rules: dict[str, int]) -> dict[st
              "exposure": cur.exposure, "exposureMethod": cur.exposure_method, "ciLow": cur.ci_low,
              "ciHigh": cur.ci_high, "extracted": cur.extracted, "exposureBefore": c.before.exposure,
              "exposureAfter": c.after.exposure if c.after else None}
-    memorized = canary_memorized(r)[c.id]
     props["memorized"] = memorized
     text += f" {'Memorized' if memorized else 'Not judged memorized'}."
     return _result(r, rule_id(c.format), rules, level(memorized, cur.exposure, c.id, r.gate), text, c.id,
@@ -184,7 +183,8 @@ def build_sarif(report: Report) -> dict[str, Any]:
     formats = list(dict.fromkeys([c.format for c in r.canaries] + [f.format for f in r.findings]))
     rule_list = [_rule(rule_id(fmt), fmt) for fmt in formats] + [_rule(TOKENIZER_RULE, None)]
     index = {rule["id"]: i for i, rule in enumerate(rule_list)}
-    results = [_canary_result(r, c, index) for c in r.canaries]
+    memorized = canary_memorized(r)  # once: the rule's test count spans all canaries
+    results = [_canary_result(r, c, index, memorized[c.id]) for c in r.canaries]
     results += [_finding_result(r, f, index) for f in r.findings]
     if r.tokenizer is not None:
         results += [_tokenizer_result(r, t, index) for t in r.tokenizer.findings]
