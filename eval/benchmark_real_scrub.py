@@ -39,6 +39,7 @@ ROWS: dict[str, dict] = {
     "iterative-top4-mlp": {"model": "canary", "method": "iterative", "params": "-4:/mlp"},
     "first-order-top4": {"model": "canary", "method": "first-order", "params": "-4:"},
     "iterative-lora-adapter": {"model": "lora", "method": "iterative", "params": "all"},
+    "iterative-new-lora": {"model": "canary", "method": "iterative", "params": "all", "lora": True},
 }
 DEFAULT_ROWS = ("iterative-top4", "first-order-top4", "iterative-lora-adapter")
 
@@ -105,16 +106,17 @@ def run_unscrubbed(art, rl: Relearn | None) -> dict:
 def run_row(name: str, art, n_references: int, rl: Relearn | None = None) -> dict:
     from scrubber import pipeline
     from scrubber.config import ScrubConfig
+    from scrubber.progress import LineProgress
 
     spec = ROWS[name]
     model = art.canary_model if spec["model"] == "canary" else art.lora_model
     cfg = ScrubConfig(
         canaries=art.canaries, eval_data=art.heldout, retain_data=art.retain, reference_model=art.twin_model,
         method=spec["method"], params=spec["params"], n_references=n_references, tokenizer_scan=False,
-        allow_partial=True,
+        allow_partial=True, lora=spec.get("lora", False),
     )
     t0 = time.perf_counter()
-    outcome = pipeline.scrub(model, cfg, save=False)
+    outcome = pipeline.scrub(model, cfg, LineProgress(), save=False)  # a stage line every few seconds: a long row is never silent
     seconds = time.perf_counter() - t0
     rep = outcome.report
     u = rep.utility
@@ -122,7 +124,7 @@ def run_row(name: str, art, n_references: int, rl: Relearn | None = None) -> dic
     return {
         "relearn": relearn,
         "row": name, "model": str(model), "method": spec["method"], "params": spec["params"],
-        "verdict": rep.verdict.summary if rep.verdict else None,
+        "lora": spec.get("lora", False), "verdict": rep.verdict.summary if rep.verdict else None,
         "bits_per_byte_change_pct": u.bits_per_byte_change_pct,
         "scrub_seconds": rep.scrub.seconds if rep.scrub else None, "whole_call_seconds": seconds,
         "steps": rep.scrub.extra.get("steps") if rep.scrub else None,

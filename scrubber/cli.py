@@ -345,7 +345,8 @@ def scrub(
         None, "--train-tokens", help="second-order, certified-head: training-set tokens the curvature is scaled to (default: the retain sample's)."),
     l2: Optional[float] = typer.Option(
         None, "--l2", help="certified-head: L2 strength mu of the strongly convex head objective (default 1e-3 x top curvature)."),
-    params: Optional[str] = typer.Option(None, "--params", help="Parameters to update: all, mlp, attn, lm_head, embeddings, lora, -2:, -2:/mlp, globs, re:..."),
+    params: Optional[str] = typer.Option(None, "--params", help="Parameters to update: all, auto (the tensors the secrets sit on, measured), mlp, attn, lm_head, embeddings, lora, -2:, -2:/mlp, globs, re:..."),
+    localize_mass: Optional[float] = typer.Option(None, "--localize-mass", help="--params auto: share of the localisation score the chosen tensors cover (default 0.8)."),
     lora: Optional[bool] = typer.Option(None, "--lora/--no-lora", help="Put the update in a new LoRA adapter."),
     merge_lora: Optional[bool] = typer.Option(None, "--merge-lora/--no-merge-lora", help="Save the LoRA update merged into full weights."),
     substitute: Optional[str] = typer.Option(None, "--substitute", help="random (default), model, placeholder."),
@@ -401,7 +402,7 @@ def scrub(
         cfg = load_config(ScrubConfig, config, _overrides(
             canaries=canaries, out=out, eval_data=eval_data, retain_data=retain_data, method=method,
             tau=tau, step_size=step_size, damping=damping, solver=solver, curvature=curvature,
-            newton_steps=newton_steps, train_tokens=train_tokens, l2=l2, params=params, lora=lora, merge_lora=merge_lora,
+            newton_steps=newton_steps, train_tokens=train_tokens, l2=l2, params=params, localize_mass=localize_mass, lora=lora, merge_lora=merge_lora,
             substitute=substitute, target_exposure=target_exposure, retain_weight=retain_weight,
             drop_leaking_tokens=drop_leaking_tokens, tokenizer_scan=tokenizer_scan, report=report, formats=format,
             reveal=reveal, fail_above=fail_above, exposure_method=exposure_method,

@@ -129,7 +129,10 @@ class ScrubConfig(ScanConfig):
     method: ScrubMethod = "iterative"
     params: str = "all"
     """What the update may change: presets (all, mlp, attn, lm_head, embeddings, lora),
-    block ranges (-2:), combinations (-2:/mlp), globs or re:<regex>; comma-separated."""
+    block ranges (-2:), combinations (-2:/mlp), globs or re:<regex>; comma-separated; or
+    auto: the tensors the secrets' gradients sit on, measured before the update (docs/method.md)."""
+    localize_mass: float = Field(0.8, gt=0, le=1)
+    """--params auto: share of the localisation score the chosen tensors must cover."""
     lora: bool = False
     """Put the update in a fresh LoRA adapter instead of the selected weights."""
     lora_rank: int = Field(8, ge=1)
@@ -198,6 +201,11 @@ class ScrubConfig(ScanConfig):
             if self.method not in methods and value is not None and value != type(self).model_fields[name].default:
                 flag = "--" + name.replace("_", "-")
                 raise ValueError(f"{flag} applies to {' and '.join(methods)} only, not {self.method}")
+        if self.localize_mass != type(self).model_fields["localize_mass"].default and self.params != "auto":
+            raise ValueError("--localize-mass applies to --params auto only")
+        if self.params == "auto" and self.lora:
+            # a fresh adapter's A has zero gradient while B = 0: nothing to localise on
+            raise ValueError("--params auto does not combine with --lora (a new adapter has no gradients to score)")
         return self
 
 

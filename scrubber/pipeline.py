@@ -25,6 +25,7 @@ from scrubber.io.data import DataRoles, assign_roles, load_texts
 from scrubber.errors import ScrubberError
 from scrubber.edits.objective import make_edit_pairs
 from scrubber.measure.memorized import annotate_canaries
+from scrubber.edits.localize import localize
 from scrubber.edits.params import add_lora_adapter, existing_lora_adapter, select_parameters
 from scrubber.measure.canary import measure_canaries, reference_sets
 from scrubber.io.checkpoint import LoadedModel, load_model
@@ -281,10 +282,12 @@ def _selection(loaded: LoadedModel, cfg: ScrubConfig):
         loaded.model = model
         loaded.is_peft = True
         spec = "lora"
-    elif loaded.is_peft and existing_lora_adapter(model) and spec == "all":
-        spec = "lora"  # the secret came in through the adapter: scrub it there
+    elif loaded.is_peft and existing_lora_adapter(model) and spec in ("all", "auto"):
+        # the secret came in through the adapter: scrub it there (auto: localise within it)
+        spec = "lora" if spec == "all" else "auto"
+    base = ("lora" if loaded.is_peft and existing_lora_adapter(model) else "all") if spec == "auto" else spec
     try:
-        return select_parameters(model, spec), spec
+        return select_parameters(model, base), spec
     except ValueError as err:
         raise ScrubberError(f"--params {cfg.params!r}: {err}") from None
 
@@ -523,8 +526,17 @@ def scrub(model_dir: Path, cfg: ScrubConfig, progress: Progress | None = None,
             progress=advance,
         )
         t0 = time.perf_counter()
+        localized = None
+        if spec == "auto":
+            # one forget and one retain gradient at the starting weights: edit pairs and retain
+            # text only, never evaluation text (docs/method.md, "Localisation")
+            localized = localize(task, mass=cfg.localize_mass)
+            task.selection = selection = localized.selection
+            progress.log(localized.describe())
         result = method(task, settings)
-        result.seconds = time.perf_counter() - t0  # the whole call, probes included
+        result.seconds = time.perf_counter() - t0  # the whole call, localisation and probes included
+        if localized is not None:
+            result.extra["localization"] = localized.to_dict()
     loaded.model.eval()
     if cfg.gradient_checkpointing:
         (loaded.model.get_base_model() if loaded.is_peft else loaded.model).gradient_checkpointing_disable()

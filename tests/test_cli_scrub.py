@@ -78,10 +78,11 @@ def judged_input(trained_dir) -> Judged:
 # Judged on this fixture (input: 11.65 bits on the judge's references, 56.00 ppl on unseen docs);
 # first at commit 816d134, then [in brackets] with the probe-margin/utility-bound pipeline in progress:
 #   default (iterative, all weights)   -> 3.73 bits, ppl -0.17%   [2.02 bits, +0.29%]
-#   --params -1:/mlp --step-size 5e-3        -> 3.48 bits, ppl +0.94%   [1.98 bits, +3.45%]
-#   --lora (± --merge-lora) --step-size 5e-3 -> 3.46 bits, ppl +2.09%   [2.13 bits, +3.51%]
-# At the default step (2e-4) a layer subset or LoRA used all 60 steps and only reached
-# 9.99 / 10.42 bits, hence the larger step there. Bounds: a drop of 6+ bits, within 2 bits of
+#   --params -1:/mlp [--step-size 5e-3]      -> 3.48 bits, ppl +0.94%   [1.98 bits, +3.45%]
+#   --lora (± --merge-lora) [--step-size 5e-3] -> 3.46 bits, ppl +2.09%   [2.13 bits, +3.51%]
+# At a fixed default step (2e-4) a layer subset or LoRA used all 60 steps and only reached
+# 9.99 / 10.42 bits, hence a --step-size of 5e-3 there until the step learned to grow while the
+# secret stalls (up to 32x): now both run at the default and pass the same bounds. Bounds: a drop of 6+ bits, within 2 bits of
 # the 3-bit target on references the scrub never scored, under 6% perplexity on unseen text.
 SCRUB_BOUNDS = dict(drop=6.0, max_after=5.0, max_rise=0.06)
 
@@ -188,7 +189,7 @@ def test_scrub_layer_subset_and_lora_from_cli(extra, trained_dir, judged_input, 
     canaries = _canary_file(tmp_path / "c.jsonl")
     out = tmp_path / "out"
     r = CliRunner().invoke(app, ["scrub", str(model_dir), "--canaries", str(canaries), "--out", str(out),
-                                 "--n-references", "100", "--eval-data", str(heldout), "--step-size", "5e-3", "-q", *extra])
+                                 "--n-references", "100", "--eval-data", str(heldout), "-q", *extra])
     assert r.exit_code == 0, r.output
     rep = json.loads((out / "report.json").read_text())
     total = rep["model"]["n_parameters"]
@@ -201,6 +202,37 @@ def test_scrub_layer_subset_and_lora_from_cli(extra, trained_dir, judged_input, 
         assert (out / "adapter_config.json").exists() and reloaded.is_peft
     else:
         assert (out / "model.safetensors").exists() and not reloaded.is_peft
+
+
+def test_scrub_params_auto_moves_only_the_localized_tensors(trained_dir, judged_input, tmp_path):
+    """--params auto: the tensors are chosen from the secrets' and the retain text's gradients
+    (scrubber.edits.localize), the report names them, and the scrub meets the same bounds on
+    references and documents it never read."""
+    model_dir, heldout = trained_dir
+    canaries = _canary_file(tmp_path / "c.jsonl")
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, ["scrub", str(model_dir), "--canaries", str(canaries), "--out", str(out),
+                                 "--n-references", "100", "--eval-data", str(heldout), "--params", "auto", "-q"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((out / "report.json").read_text())
+    loc = rep["scrub"]["extra"]["localization"]
+    assert rep["scrub"]["params_selected"] == "auto"
+    assert loc["covered"] >= 0.8 and loc["names"]
+    assert rep["scrub"]["n_parameters_updated"] == loc["numel"] < 0.8 * rep["model"]["n_parameters"]
+    _assert_scrubbed(judged_input, judge(out), **SCRUB_BOUNDS)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--params", "auto", "--lora"], "--params auto does not combine with --lora"),
+    (["--localize-mass", "0.5"], "--localize-mass applies to --params auto only"),
+])
+def test_localisation_options_refuse_what_they_cannot_do(extra, message, trained_dir, tmp_path):
+    model_dir, heldout = trained_dir
+    canaries = _canary_file(tmp_path / "c.jsonl")
+    r = CliRunner().invoke(app, ["scrub", str(model_dir), "--canaries", str(canaries), "--out", str(tmp_path / "o"),
+                                 "--eval-data", str(heldout), *extra])
+    assert r.exit_code == 2 and message in r.output, r.output
+    assert not (tmp_path / "o").exists()
 
 
 def test_scrub_peft_model_in_its_own_adapter(trained_dir, tmp_path):

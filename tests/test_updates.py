@@ -74,11 +74,13 @@ def _task(model, tok, retain, spec="all"):
 #   second-order  -> 2.86 bits, ppl +9.3%   (last block's MLP only: the GGN solve stays small)
 # Since scoring conditions on the document-start token (as training did), the card reads 12.45 bits
 # before, and iterative's default 60 steps end at 4.05 bits on the judge's references (all 60 used).
+# With the step doubling while the secret stalls (up to 8x), iterative stops after 18 steps at
+# 0.38 bits, ppl +5.6%: fewer retain steps to repair what the longer steps cost.
 # Every method must cut at least DROP bits and land near the 3-bit target on references it never
 # saw; the utility bounds sit ~1.4x above what each method costs today.
 DROP = 6.0
 EXPECT = {  # method: (parameters, largest relative held-out perplexity rise, largest exposure after)
-    "iterative": ("all", 0.05, 4.5),
+    "iterative": ("all", 0.075, 4.5),
     "first-order": ("all", 0.18, 4.0),
     "iau": ("all", 0.18, 4.0),
     "second-order": ("-1:/mlp", 0.13, 4.0),
@@ -139,3 +141,56 @@ def test_chunked_gradients_equal_one_batch_of_every_pair(memorized, monkeypatch)
     chunked = task.forget_gradient()
     assert torch.allclose(chunked, whole, rtol=1e-4, atol=1e-6 * float(whole.abs().max()))
     assert abs(task.gradient_residual() - whole_residual) <= 1e-4 * whole_residual
+
+
+def _probe_norms(result) -> list[float]:
+    return [h["step_norm"] for h in result.extra["history"] if "active" in h]
+
+
+def test_iterative_step_grows_while_the_bound_has_room(memorized):
+    """The first step is small (a 135M model's top blocks broke a 2% bound within three steps of
+    a larger one); while the retain rise stays under half the bound the step doubles, at most
+    MAX_GROWTH times: on this fixture the default's fixed step took all 60 steps, growing takes
+    far fewer (18 measured), to the same independent exposure bound as above."""
+    from scrubber.edits.iterative import MAX_GROWTH
+
+    model, tok, retain, _ = memorized
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    try:
+        res = METHODS["iterative"](_task(model, tok, retain), UpdateSettings(max_retain_increase=0.5))
+        norms = _probe_norms(res)
+        assert max(norms) >= 4 * norms[0], norms
+        assert max(norms) <= MAX_GROWTH * norms[0] * (1 + 1e-9), norms
+        assert res.extra["target_met"] and res.steps <= 30, (res.steps, res.extra["history"])
+        assert judge(model, tok) <= EXPECT["iterative"][2]
+    finally:
+        model.load_state_dict(state)
+
+
+def test_iterative_never_grows_again_after_breaking_the_bound(memorized):
+    """The step-size control on a scripted task: the retain loss rises with the distance moved
+    and the secret falls slowly, so the step grows, breaks a 2% bound, is undone and halved,
+    and from then on never lengthens again; what is kept is within the bound."""
+    model, tok, retain, _ = memorized
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    try:
+        task = _task(model, tok, retain)
+        theta0 = task.selection.values().clone()
+        direction = torch.randn(theta0.shape, generator=torch.Generator().manual_seed(0))
+        moved = lambda: float((task.selection.values() - theta0).norm())  # noqa: E731
+        scale = float(theta0.norm())
+        task.forget_gradient = lambda pairs=None: direction.clone()
+        task.retain_value = lambda n_blocks=16: 3.0 + 0.5 * moved() / scale  # +2% at 4% of |theta|
+        task.exposures = lambda ids=None: {"card": max(0.0, 50.0 - 100.0 * moved() / scale)}
+        task.retain_blocks = None  # the direction alone: no retain-gradient term
+        res = METHODS["iterative"](task, UpdateSettings(max_retain_increase=0.02))
+        hist = res.extra["history"]
+        broke = [i for i, h in enumerate(hist) if "reverted_to" in h]
+        assert broke, hist
+        norms = [h["step_norm"] for h in hist[:broke[0]] if "active" in h]
+        assert norms[-1] >= 2 * norms[0], norms  # it grew before it broke
+        after = [h["step_norm"] for h in hist[broke[0]:]]
+        assert all(b <= a * (1 + 1e-9) for a, b in zip(after, after[1:])), after
+        assert res.extra["retain_rise"] <= 0.02
+    finally:
+        model.load_state_dict(state)
