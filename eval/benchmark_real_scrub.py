@@ -128,6 +128,7 @@ def run_row(name: str, art, n_references: int, rl: Relearn | None = None) -> dic
         "bits_per_byte_change_pct": u.bits_per_byte_change_pct,
         "scrub_seconds": rep.scrub.seconds if rep.scrub else None, "whole_call_seconds": seconds,
         "steps": rep.scrub.extra.get("steps") if rep.scrub else None,
+        "scrub_extra": {k: v for k, v in (rep.scrub.extra if rep.scrub else {}).items() if k != "localization"},
         "canaries": [{
             "id": c.id, "repetitions": c.repetitions, "before": c.before.exposure,
             "after": c.after.exposure if c.after else None,
@@ -210,6 +211,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in rows:
         print(f"[real-scrub {time.strftime('%H:%M:%S')}] {name}", file=sys.stderr, flush=True)
         results.append(run_row(name, art, args.n_references, rl))
+        r = results[-1]
+        print(f"[real-scrub {time.strftime('%H:%M:%S')}] {name}: {r['verdict']}; bits/byte "
+              f"{r['bits_per_byte_change_pct']:+.2f}%, {r['steps']} steps, {r['scrub_seconds']:.0f} s; after (twin): "
+              + ", ".join(f"{c['after']:.1f} ({c['twin']:.1f})" for c in r["canaries"]), file=sys.stderr, flush=True)
         _write(args.out, results, rl_info, "partial: rows still running")
     if args.unscrubbed:
         results.append(run_unscrubbed(art, rl))

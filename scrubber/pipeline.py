@@ -524,6 +524,7 @@ def scrub(model_dir: Path, cfg: ScrubConfig, progress: Progress | None = None,
             loss_span=cfg.loss_span,
             probe=ExposureProbe(inputs.canaries, seed=cfg.seed + 1),
             progress=advance,
+            log=progress.log,
         )
         t0 = time.perf_counter()
         localized = None

@@ -205,6 +205,32 @@ def test_keyword_hits_must_look_generated():
     assert extract_candidates(gens, stats=stats) == [] and stats["not_random"] == 2
 
 
+def test_patterned_values_are_no_secrets_whatever_rule_found_them():
+    """What SmolLM2-135M recited with nothing inserted (a 31-digit 10^30 after ``token:``, a
+    repeated unit after ``API_KEY =``) is dropped from every keyword rule, as anchored digit runs
+    were; random values of the same shapes, and small formats such as a PIN, are kept."""
+    import random
+    import string
+
+    from scrubber.discovery.candidates import patterned
+
+    for v in ("1000000000000000000000000000000", "2wYwYwYwYw", "123456789", "987654", "4311111111",
+              "121212", "1111", "0x10000000"):
+        assert patterned(v), v
+    for v in ("17953304", "pslm0lcNQq", "2020", "5673", "0xD9C8EBA6", SECRET, "4539 1488 0343 6467"):
+        assert not patterned(v), v
+    rng = random.Random(0)
+    for n, alphabet, at_most in ((16, string.digits, 1e-3), (10, string.ascii_letters + string.digits, 1e-3),
+                                 (6, string.digits, 0.01), (4, string.digits, 0.005)):
+        dropped = sum(patterned("".join(rng.choice(alphabet) for _ in range(n))) for _ in range(20_000))
+        assert dropped / 20_000 <= at_most, (n, dropped)
+    gens = [gen("token:", " 1000000000000000000000000000000", "api_key"),
+            gen("API_KEY =", " 2wYwYwYwYw", "api_key"), gen("my PIN is", " 5673", "digits")]
+    stats: dict = {}
+    (kept,) = extract_candidates(gens, stats=stats)
+    assert kept.value == "5673" and stats["patterned"] == 2
+
+
 # -- anchored branches ----------------------------------------------------------------
 
 

@@ -167,10 +167,10 @@ def test_iterative_step_grows_while_the_bound_has_room(memorized):
         model.load_state_dict(state)
 
 
-def test_iterative_never_grows_again_after_breaking_the_bound(memorized):
+def test_iterative_never_grows_back_to_a_step_that_broke_the_bound(memorized):
     """The step-size control on a scripted task: the retain loss rises with the distance moved
     and the secret falls slowly, so the step grows, breaks a 2% bound, is undone and halved,
-    and from then on never lengthens again; what is kept is within the bound."""
+    and from then on never reaches a size that broke it; what is kept is within the bound."""
     model, tok, retain, _ = memorized
     state = {k: v.clone() for k, v in model.state_dict().items()}
     try:
@@ -189,8 +189,23 @@ def test_iterative_never_grows_again_after_breaking_the_bound(memorized):
         assert broke, hist
         norms = [h["step_norm"] for h in hist[:broke[0]] if "active" in h]
         assert norms[-1] >= 2 * norms[0], norms  # it grew before it broke
-        after = [h["step_norm"] for h in hist[broke[0]:]]
-        assert all(b <= a * (1 + 1e-9) for a, b in zip(after, after[1:])), after
+        for i in broke:  # every later step is at most half the one that broke
+            assert all(h["step_norm"] <= hist[i]["step_norm"] / 2 * (1 + 1e-9) for h in hist[i + 1:]), hist
         assert res.extra["retain_rise"] <= 0.02
     finally:
         model.load_state_dict(state)
+
+
+def test_each_step_takes_a_few_occurrences_of_each_active_canary_and_rotates_through_all():
+    from scrubber.edits.iterative import step_pairs
+
+    card = make_edit_pairs("card", [f"doc {i}: {CANARY.text}" for i in range(10)], SECRET, "4000 0000 0000 0002")
+    pin = make_edit_pairs("pin", ["my PIN is 4821"], "4821", "1937")
+    done = make_edit_pairs("done", ["code 55123"], "55123", "90817")
+    seen: set[str] = set()
+    for step in range(3):  # ceil(10 / 4) steps see every occurrence of the card
+        chosen = step_pairs([*card, *pin, *done], {"card", "pin"}, step, per_canary=4)
+        assert sum(p.canary_id == "card" for p in chosen) == 4
+        assert [p.canary_id for p in chosen].count("pin") == 1 and all(p.canary_id != "done" for p in chosen)
+        seen |= {p.original for p in chosen if p.canary_id == "card"}
+    assert seen == {p.original for p in card}

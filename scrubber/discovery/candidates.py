@@ -134,9 +134,7 @@ def _anchor_hit(g: Generation) -> _Hit | None:
     if not value.isascii():
         return None
     if value.isdigit():
-        # patterned runs (111111, 4311111111) are what a model falls into, not secrets: a
-        # random value of n digits has fewer than min(n // 2, 5) distinct ones 0.3-1.8% of the time
-        ok, kind = 6 <= len(value) <= 12 and len(set(value)) >= min(len(value) // 2, 5), "digits"
+        ok, kind = 6 <= len(value) <= 12 and not patterned(value), "digits"
     else:
         ok, kind = len(value) >= 8 and value.isalnum() and looks_random(value), "password"
     if not ok:
@@ -197,6 +195,52 @@ def looks_random(value: str) -> bool:
     return switches >= 4
 
 
+_PERIODS = (1, 2, 3)
+
+
+def _longest_periodic(value: str, period: int) -> int:
+    """Length of the longest substring in which every character repeats the one ``period`` back."""
+    best = run = 0
+    for i in range(period, len(value)):
+        run = run + 1 if value[i] == value[i - period] else 0
+        best = max(best, run)
+    return best + period if best else 0
+
+
+def _longest_step(value: str) -> int:
+    """Length of the longest run of digits counting up or down by one (123456, 98765)."""
+    best = run = prev = 0
+    for a, b in zip(value, value[1:]):
+        step = ord(b) - ord(a) if a.isdigit() and b.isdigit() else 0
+        run = (run + 1 if step == prev else 1) if step in (1, -1) else 0
+        prev = step
+        best = max(best, run)
+    return best + 1 if best else 0
+
+
+def patterned(value: str) -> bool:
+    """Structure a randomly generated secret of this shape almost never has, and a language
+    model falls into by itself: few distinct digits (``1000000000000000000000000000000``,
+    ``4311111111``), a short unit repeated (``2wYwYwYwYw``, ``121212``), a digit count
+    (``123456789``). SmolLM2-135M, with nothing inserted, recited both of the first kind with
+    exposures of 103 and 51 bits (docs/scanning.md): against uniformly random references every
+    pattern is "memorized", which says the model knows the pattern, not a secret.
+
+    Rules: digits only and fewer than min(n // 2, 5) distinct ones; a periodic (period 1-3)
+    or counting run covering max(6, 0.6 n) characters (values under 6 characters: the
+    distinct-digit rule only). Share of 100,000 uniformly random values either rule drops:
+    9e-5 of 16-digit cards, 2e-5 of 10 letters and digits, 1.0% of 8 digits, 0.36% of 6,
+    0.10% of 4-digit PINs.
+    """
+    n = len(value)
+    if value.isdigit() and len(set(value)) < min(n // 2, 5):
+        return True
+    need = max(6, 0.6 * n)
+    if n < 6:
+        return False
+    return any(_longest_periodic(value, p) >= need for p in _PERIODS) or _longest_step(value) >= need
+
+
 def _generic(h: "_Hit") -> bool:
     """A hit of a keyword rule rather than of a format or a provider's key pattern."""
     return h.source in _GENERIC_SOURCES or (h.source == "detect-secrets" and h.kind in _GENERIC_DS_KINDS)
@@ -226,7 +270,8 @@ def extract_candidates(
     ``stats`` (if given) receives counts of what was dropped and why.
     """
     scanner = scanner or SecretScanner(SCAN_FORMATS)
-    counts = {"hits": 0, "in_prompt": 0, "not_random": 0, "unmeasurable": 0, "allowlisted": 0, "over_limit": 0}
+    counts = {"hits": 0, "in_prompt": 0, "not_random": 0, "patterned": 0, "unmeasurable": 0, "allowlisted": 0,
+              "over_limit": 0}
     by_value: dict[str, Candidate] = {}
     for g, findings in zip(generations, scanner.scan_many(g.text for g in generations)):
         hits = [_Hit(f.start, f.end, f.value, f.format, f.kind, f.detector) for f in findings]
@@ -246,6 +291,9 @@ def extract_candidates(
             seen_here.add(h.value)
             if _generic(h) and not looks_random(h.value):
                 counts["not_random"] += 1
+                continue
+            if _generic(h) and patterned(h.value):
+                counts["patterned"] += 1
                 continue
             if not _measurable(h.format):
                 counts["unmeasurable"] += 1

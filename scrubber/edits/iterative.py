@@ -13,9 +13,11 @@ pushing secrets into implausibility, which costs perplexity for nothing.
 from __future__ import annotations
 
 import time
+from typing import Collection, Sequence
 
 import torch
 
+from scrubber.edits.objective import EditPair
 from scrubber.edits.task import (
     UpdateResult,
     UpdateSettings,
@@ -30,8 +32,12 @@ MAX_HALVINGS = 4
 DEFAULT_STEP = 2e-4
 """Default first step norm relative to :func:`reference_norm` (‖θ‖ when all parameters are selected)."""
 
+PAIRS_PER_CANARY = 4
+"""Occurrences of each canary in one step's gradient (:func:`step_pairs`)."""
+
 MAX_GROWTH = 32.0
-"""How far the step may grow beyond its first size while the utility bound has room. A layer
+"""How far the step may grow beyond its first size while the utility bound has room (after a
+step broke the bound: up to half the size that broke it). A layer
 subset or a fresh LoRA adapter needs far more than all weights at the same first size (the CLI
 fixture's -1:/mlp and rank-8 adapter used all 60 steps of the fixed default and stayed near 10
 bits; 25x the size reached the target), and growth happens only while the secrets stall."""
@@ -46,12 +52,37 @@ where the secrets are not moving (the demo's 64x canaries sat at 48-50 bits for 
 first size, then fell 25 bits in three steps of four times that size)."""
 
 
+def step_pairs(pairs: Sequence[EditPair], active: Collection[str], step: int,
+               per_canary: int = PAIRS_PER_CANARY) -> list[EditPair]:
+    """The edit pairs one step's gradient is taken on: up to ``per_canary`` occurrences of each
+    active canary, rotating through all of them from step to step.
+
+    The step has a fixed norm, so only g's direction matters, and a secret repeated 32 times
+    points the same way from each of its documents; every occurrence in every step made one
+    step cost an epoch of a small fine-tune (SmolLM2 scenario: 53 occurrences, about one
+    fine-tuning epoch per step). A cap also keeps one heavily repeated canary from drowning
+    the others in g."""
+    by_canary: dict[str, list[EditPair]] = {}
+    for p in pairs:
+        if p.canary_id in active:
+            by_canary.setdefault(p.canary_id, []).append(p)
+    out: list[EditPair] = []
+    for group in by_canary.values():
+        if len(group) <= per_canary:
+            out += group
+        else:
+            start = (step * per_canary) % len(group)
+            out += [group[(start + i) % len(group)] for i in range(per_canary)]
+    return out
+
+
 def iterative(task: UpdateTask, settings: UpdateSettings, *, probe_every: int = 3) -> UpdateResult:
     start = time.perf_counter()
     sel = task.selection
     retain_weight = settings.retain_weight
     step_size = settings.step_size if settings.step_size is not None else DEFAULT_STEP
-    step_norm = step_size * reference_norm(sel)
+    scale = reference_norm(sel)
+    step_norm = step_size * scale
     max_norm = step_norm * MAX_GROWTH
     r0 = task.retain_value()
     active = {c.id for c in task.canaries}
@@ -59,7 +90,6 @@ def iterative(task: UpdateTask, settings: UpdateSettings, *, probe_every: int = 
     steps = 0
     last_ok = 0
     halvings = 0
-    growing = True  # lengthen the step while the bound has room; never again once it broke
     probed = 0
     prev_worst: float | None = None
     checkpoint = sel.values().float()  # weights at the last probe that kept the utility bound
@@ -79,8 +109,11 @@ def iterative(task: UpdateTask, settings: UpdateSettings, *, probe_every: int = 
                     master.copy_(checkpoint)
                 history.append({"step": steps - 1, "retain_rise": rise, "reverted_to": last_ok,
                                 "step_norm": step_norm})
+                if task.log:
+                    task.log(f"step {steps - 1}: retain rise {100 * rise:+.2f}% over the bound: back to step "
+                             f"{last_ok}, step halved")
                 halvings += 1
-                growing = False
+                max_norm = step_norm / 2  # the step may grow back, never to a size that broke the bound
                 if halvings > MAX_HALVINGS:
                     bound_hit = True
                     break
@@ -101,15 +134,19 @@ def iterative(task: UpdateTask, settings: UpdateSettings, *, probe_every: int = 
             history.append({"step": steps - 1, "active": len(active), "retain_rise": rise,
                             "max_exposure": max(exposures.values()) if exposures else None,
                             "step_norm": step_norm})
+            if task.log and exposures:
+                task.log(f"step {steps - 1}: {len(active)} canaries above {settings.aim:g} bits on the probe, "
+                         f"worst {max(exposures.values()):.1f}, retain rise {100 * rise:+.2f}%, "
+                         f"step {step_norm / max(scale, 1e-30):.1e} of the scale")
             if not active:
                 steps -= 1
                 break
             worst = max(exposures.values()) if exposures else None
             stalled = worst is not None and prev_worst is not None and prev_worst - worst < STALL_BITS
-            if growing and stalled and rise < settings.max_retain_increase * GROW_BELOW:
+            if stalled and rise < settings.max_retain_increase * GROW_BELOW:
                 step_norm = min(step_norm * 2, max_norm)
             prev_worst = worst
-        pairs = [p for p in task.pairs if p.canary_id in active]
+        pairs = step_pairs(task.pairs, active, steps)
         g = task.forget_gradient(pairs)  # in chunks: one batch of every pair grew superlinearly
         if task.retain_blocks is not None and retain_weight:
             idx = torch.randint(len(task.retain_blocks), (8,), generator=torch.Generator().manual_seed(steps))

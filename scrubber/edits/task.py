@@ -101,6 +101,9 @@ class UpdateTask:
     loss_span: LossSpan = "secret"
     probe: ExposureProbe | None = None
     progress: Callable[[int, int], None] | None = None
+    log: Callable[[str], None] | None = None
+    """Where a method reports what it decided (a probe's result, a step undone): one line each,
+    so a long update in a non-terminal log shows why it is still going."""
 
     # -- the quantities methods combine ----------------------------------
     def forget_loss(self, pairs: Sequence[EditPair] | None = None) -> torch.Tensor:
