@@ -27,7 +27,8 @@ from scrubber.edits.task import (
 )
 
 MAX_HALVINGS = 4
-"""Step-size halvings after a step broke the utility bound, before the update gives up."""
+"""Breaks of the utility bound in a row (each undone and retried at half the step) before the
+update gives up."""
 
 DEFAULT_STEP = 2e-4
 """Default first step norm relative to :func:`reference_norm` (‖θ‖ when all parameters are selected)."""
@@ -36,8 +37,7 @@ PAIRS_PER_CANARY = 4
 """Occurrences of each canary in one step's gradient (:func:`step_pairs`)."""
 
 MAX_GROWTH = 32.0
-"""How far the step may grow beyond its first size while the utility bound has room (after a
-step broke the bound: up to half the size that broke it). A layer
+"""How far the step may grow beyond its first size while the utility bound has room. A layer
 subset or a fresh LoRA adapter needs far more than all weights at the same first size (the CLI
 fixture's -1:/mlp and rank-8 adapter used all 60 steps of the fixed default and stayed near 10
 bits; 25x the size reached the target), and growth happens only while the secrets stall."""
@@ -113,7 +113,6 @@ def iterative(task: UpdateTask, settings: UpdateSettings, *, probe_every: int = 
                     task.log(f"step {steps - 1}: retain rise {100 * rise:+.2f}% over the bound: back to step "
                              f"{last_ok}, step halved")
                 halvings += 1
-                max_norm = step_norm / 2  # the step may grow back, never to a size that broke the bound
                 if halvings > MAX_HALVINGS:
                     bound_hit = True
                     break
@@ -121,6 +120,7 @@ def iterative(task: UpdateTask, settings: UpdateSettings, *, probe_every: int = 
                 continue
             checkpoint.copy_(master if master is not None else sel.values())
             last_ok = steps - 1
+            halvings = 0  # the bound held: only breaks in a row end the update
             # only the canaries still above the aim are probed (the probe is most of the cost);
             # the ones that dropped out are looked at again before the update may stop
             exposures = task.exposures(None if steps == 1 else active)
