@@ -170,7 +170,7 @@ def test_iterative_step_grows_while_the_bound_has_room(memorized):
 def test_iterative_undoes_and_halves_a_step_that_broke_the_bound(memorized):
     """The step-size control on a scripted task: the retain loss rises with the distance moved
     and the secret falls slowly, so the step grows until it breaks a 2% bound; that step is
-    undone and the next probe interval runs at half its size; breaks in a row end the update,
+    undone and the step never again exceeds half its size; breaks in a row end the update,
     and what is kept is within the bound."""
     from scrubber.edits.iterative import MAX_HALVINGS
 
@@ -192,9 +192,8 @@ def test_iterative_undoes_and_halves_a_step_that_broke_the_bound(memorized):
         assert broke, hist
         norms = [h["step_norm"] for h in hist[:broke[0]] if "active" in h]
         assert norms[-1] >= 2 * norms[0], norms  # it grew before it broke
-        for i in broke:  # the interval after a break runs at half the size that broke
-            if i + 1 < len(hist):
-                assert hist[i + 1]["step_norm"] == pytest.approx(hist[i]["step_norm"] / 2), hist
+        for i in broke:  # after a break the step stays at most half the size that broke
+            assert all(h["step_norm"] <= hist[i]["step_norm"] / 2 * (1 + 1e-9) for h in hist[i + 1:]), hist
         # the secret can only go on falling by breaking the bound: the update ends on breaks in a row
         assert res.extra["utility_bound_hit"] and len(broke) >= MAX_HALVINGS + 1, hist
         assert res.extra["retain_rise"] <= 0.02
