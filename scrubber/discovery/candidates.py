@@ -292,7 +292,7 @@ def extract_candidates(
             if _generic(h) and not looks_random(h.value):
                 counts["not_random"] += 1
                 continue
-            if _generic(h) and patterned(h.value):
+            if patterned(h.value):  # format detectors too: a bare 2wYwYwYwYw is no password either
                 counts["patterned"] += 1
                 continue
             if not _measurable(h.format):
