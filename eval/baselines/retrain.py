@@ -112,7 +112,7 @@ def load_or_retrain(
     load_before = os.getloadavg()
     model, stats = retrain_model(spec, tokenizer, progress)
     meta = _training_meta(RETRAIN_VERSION, stats, load_before, fp, spec,
-                          spec=asdict(replace(spec, with_canaries=False)))
+                          recipe=asdict(replace(spec, with_canaries=False)))
     with atomic_dir(root) as tmp:
         model.save_pretrained(tmp / "model", safe_serialization=True)
         tokenizer.save_pretrained(tmp / "model")
