@@ -69,17 +69,32 @@ def test_probe_leaves_the_judged_model_untouched_and_the_twin_regains_nothing(tw
     assert res.flagged(3.0) == []
 
 
-def test_check_scrub_flags_a_scrub_the_secret_comes_back_from(card_model, scrubbed_dir, twin_dir, tmp_path):
+@pytest.fixture(scope="module")
+def shallow_dir(card_model, tmp_path_factory):
+    """A shallow scrub: one closed-form first-order step on the output head (6.6 bits after, on the
+    probe's references). The default iterative scrub of this fixture no longer serves: since its step
+    grows while the secret stalls, it ends 1.3 bits above the twin under the probe (5.9 before)."""
+    model_dir, heldout = card_model
+    tmp = tmp_path_factory.mktemp("shallow")
+    canaries = write_card_canary(tmp / "c.jsonl")
+    r = CliRunner().invoke(app, ["scrub", str(model_dir), "--canaries", str(canaries), "--out", str(tmp / "out"),
+                                 "--eval-data", str(heldout), "--n-references", "100", "--no-tokenizer-scan",
+                                 "--method", "first-order", "--params", "lm_head", "--allow-partial", "-q"])
+    assert r.exit_code == 0, r.output
+    return tmp / "out"
+
+
+def test_check_scrub_flags_a_scrub_the_secret_comes_back_from(card_model, shallow_dir, twin_dir, tmp_path):
     model_dir, heldout = card_model
     canaries = write_card_canary(tmp_path / "c.jsonl")
     target = tmp_path / "check.json"
-    r = CliRunner().invoke(app, ["check-scrub", str(model_dir), str(scrubbed_dir), "--canaries", str(canaries),
+    r = CliRunner().invoke(app, ["check-scrub", str(model_dir), str(shallow_dir), "--canaries", str(canaries),
                                  "--eval-data", str(heldout), "--reference-model", str(twin_dir),
                                  "--fail-on-relearn", "3", "--n-references", "100", "--report", str(target), "-q"])
     rep = json.loads(target.read_text())
     curve = rep["robustness"]["curves"][0]
     assert curve["reference_exposures"] is not None and len(curve["exposures"]) == 7
-    assert curve["excess"] > 3.0, curve  # measured 5.9 bits above the twin under the same probe
+    assert curve["excess"] > 3.0, curve  # measured 5.3 bits above the twin under the same probe
     assert rep["robustness"]["flagged"] == ["card"] and rep["verdict"]["relearned"] == ["card"]
     assert r.exit_code == 1 and "relearned" in r.stderr
     assert CARD_SECRET not in r.output + target.read_text()
