@@ -282,10 +282,11 @@ def _selection(loaded: LoadedModel, cfg: ScrubConfig):
         loaded.model = model
         loaded.is_peft = True
         spec = "lora"
-    elif loaded.is_peft and existing_lora_adapter(model) and spec in ("all", "auto"):
-        # the secret came in through the adapter: scrub it there (auto: localise within it)
-        spec = "lora" if spec == "all" else "auto"
-    base = ("lora" if loaded.is_peft and existing_lora_adapter(model) else "all") if spec == "auto" else spec
+    elif loaded.is_peft and existing_lora_adapter(model) and spec == "all":
+        spec = "lora"  # the secret came in through the adapter: scrub it there
+    base = spec
+    if spec == "auto":  # localise within what the update could move: the adapter the secret came in through, else all
+        base = "lora" if loaded.is_peft and existing_lora_adapter(model) else "all"
     try:
         return select_parameters(model, base), spec
     except ValueError as err:

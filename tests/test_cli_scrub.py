@@ -235,8 +235,10 @@ def test_localisation_options_refuse_what_they_cannot_do(extra, message, trained
     assert not (tmp_path / "o").exists()
 
 
-def test_scrub_peft_model_in_its_own_adapter(trained_dir, tmp_path):
-    """A secret that came in through a LoRA fine-tune is scrubbed in that adapter's weights."""
+@pytest.mark.parametrize("params", ["all", "auto"])
+def test_scrub_peft_model_in_its_own_adapter(params, trained_dir, tmp_path):
+    """A secret that came in through a LoRA fine-tune is scrubbed in that adapter's weights
+    (with --params auto: in the adapter tensors the localisation chose)."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -251,10 +253,14 @@ def test_scrub_peft_model_in_its_own_adapter(trained_dir, tmp_path):
     # the random adapter leaves the card at ~2.9 bits: this checks where the update goes, not its
     # effect, so a missed target must not fail it (--allow-partial); the verdict is still written
     r = CliRunner().invoke(app, ["scrub", str(adapter_dir), "--canaries", str(canaries), "--out", str(out),
-                                 "--n-references", "100", "--eval-data", str(heldout), "--allow-partial", "-q"])
+                                 "--n-references", "100", "--eval-data", str(heldout), "--allow-partial", "-q",
+                                 "--params", params])
     assert r.exit_code == 0, r.output
     rep = json.loads((out / "report.json").read_text())
-    assert rep["scrub"]["params_selected"] == "lora" and "passed" in rep["verdict"]
+    assert rep["scrub"]["params_selected"] == ("lora" if params == "all" else "auto") and "passed" in rep["verdict"]
+    if params == "auto":
+        names = rep["scrub"]["extra"]["localization"]["names"]
+        assert names and all("lora_" in n for n in names), names
     assert (out / "adapter_config.json").exists()
     assert _digest(model_dir) == base_files
 

@@ -4,10 +4,13 @@ One closed-form step barely moves a heavily memorized secret: p ≈ 1 on every
 secret token, so ∇ℓ(z) vanishes (measured: docs/method.md). Re-linearising
 helps: each step recomputes g = Σ∇ℓ(z̃) − Σ∇ℓ(z) at the current weights, adds
 IAU's gradient correction (the gradient of a retain sample, so utility is
-defended at every step rather than repaired after), and takes a fixed-norm
-step. Canaries whose probe exposure is already at the target drop out of g
-(a hinge), so forgetting stops where a retrained model would sit instead of
-pushing secrets into implausibility, which costs perplexity for nothing.
+defended at every step rather than repaired after), and takes a step of
+fixed norm whose length adapts between probes: longer while the secrets stall
+and the utility bound has room, halved and capped when a step breaks the bound
+(docs/method.md, "Step length"). Canaries whose probe exposure is already at
+the target drop out of g (a hinge), so forgetting stops where a retrained model
+would sit instead of pushing secrets into implausibility, which costs
+perplexity for nothing.
 """
 
 from __future__ import annotations
@@ -38,10 +41,10 @@ PAIRS_PER_CANARY = 4
 
 MAX_GROWTH = 32.0
 """How far the step may grow beyond its first size while the utility bound has room (after a
-break, at most half the size that broke it). A layer
-subset or a fresh LoRA adapter needs far more than all weights at the same first size (the CLI
-fixture's -1:/mlp and rank-8 adapter used all 60 steps of the fixed default and stayed near 10
-bits; 25x the size reached the target), and growth happens only while the secrets stall."""
+break, at most half the size that broke it). A layer subset or a fresh LoRA adapter needs far
+more than all weights at the same first size (the CLI fixture's -1:/mlp and rank-8 adapter used
+all 60 steps of the fixed default and stayed near 10 bits; 25x the size reached the target),
+and growth happens only while the secrets stall."""
 
 GROW_BELOW = 0.5
 """The step may double only after a probe whose retain rise is under this share of the bound."""
