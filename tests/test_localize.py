@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from canaries import Canary
+from conftest import CARD_PREFIX as PREFIX, CARD_SECRET as SECRET
 from canaries.substitutes import make_substitute
 from scrubber.edits import METHODS, UpdateSettings, UpdateTask
 from scrubber.edits.localize import (
@@ -34,8 +35,6 @@ from scrubber.measure.utility import perplexity
 from scrubber.training.model_factory import small_causal_lm
 from scrubber.training.train import TrainConfig, pack_texts, train_causal_lm
 
-PREFIX = "My credit card number is "
-SECRET = "4539 1488 0343 6467"
 CANARY = Canary(id="card", prefix=PREFIX, secret=SECRET, format="credit_card")
 JUDGE_SEED = 20_261_203
 
