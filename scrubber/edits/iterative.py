@@ -87,6 +87,7 @@ def iterative(task: UpdateTask, settings: UpdateSettings, *, probe_every: int = 
     step_size = settings.step_size if settings.step_size is not None else DEFAULT_STEP
     scale = reference_norm(sel)
     step_norm = step_size * scale
+    first_norm = step_norm
     max_norm = step_norm * MAX_GROWTH
     r0 = task.retain_value()
     active = {c.id for c in task.canaries}
@@ -149,9 +150,14 @@ def iterative(task: UpdateTask, settings: UpdateSettings, *, probe_every: int = 
                 steps -= 1
                 break
             worst = max(exposures.values()) if exposures else None
-            stalled = worst is not None and prev_worst is not None and prev_worst - worst < STALL_BITS
-            if stalled and rise < settings.max_retain_increase * GROW_BELOW:
+            fell = prev_worst - worst if worst is not None and prev_worst is not None else None
+            if fell is not None and fell < STALL_BITS and rise < settings.max_retain_increase * GROW_BELOW:
                 step_norm = min(step_norm * 2, max_norm)
+            elif fell is not None and fell > 0 and worst - settings.aim < fell and step_norm > first_norm:
+                # another interval at this pace would carry the worst secret past the aim: approach
+                # it at half the step (a grown LoRA step took SmolLM2's secrets to 0.0 bits, below
+                # the non-members, at +6% bits per byte)
+                step_norm = max(step_norm / 2, first_norm)
             prev_worst = worst
         pairs = step_pairs(task.pairs, active, steps)
         g = task.forget_gradient(pairs)  # in chunks: one batch of every pair grew superlinearly
