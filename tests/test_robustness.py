@@ -73,7 +73,8 @@ def test_probe_leaves_the_judged_model_untouched_and_the_twin_regains_nothing(tw
 def shallow_dir(card_model, tmp_path_factory):
     """A shallow scrub: one closed-form first-order step on the output head (6.6 bits after, on the
     probe's references). The default iterative scrub of this fixture no longer serves: since its step
-    grows while the secret stalls, it ends 1.3 bits above the twin under the probe (5.9 before)."""
+    grows while the secret stalls, it ends 3.1 bits above the twin under the probe (5.9 before),
+    too near the 3-bit line to test the flag on."""
     model_dir, heldout = card_model
     tmp = tmp_path_factory.mktemp("shallow")
     canaries = write_card_canary(tmp / "c.jsonl")
