@@ -45,6 +45,7 @@ from typing import Any, Callable
 
 from eval.scaling.curves import build_curves, point_summary
 from eval.scaling.grid import GridPoint, GridSettings, ordered, scan_points, scrub_points
+from eval.scaling.procfs import proc_kib_field
 
 Runner = Callable[[GridPoint, float], dict[str, Any]]
 
@@ -145,13 +146,7 @@ def predict_peak_mb(point: GridPoint, done: list[tuple[GridPoint, dict[str, Any]
 
 
 def available_mb() -> float | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
+    return proc_kib_field("/proc/meminfo", "MemAvailable")
 
 
 def machine_load() -> list[float]:

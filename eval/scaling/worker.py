@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from eval.scaling.procfs import proc_kib_field
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -52,24 +54,16 @@ class PointSpec:
 
 def rss_mb() -> float:
     """Current resident set size (MiB) from /proc (Linux); NaN elsewhere."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
+    value = proc_kib_field("/proc/self/status", "VmRSS")
+    return float("nan") if value is None else value
 
 
 def peak_rss_mb() -> float:
     """This process's peak RSS (MiB): ``VmHWM``, which a forked child starts afresh (Linux);
     ``ru_maxrss`` where /proc is missing."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
+    value = proc_kib_field("/proc/self/status", "VmHWM")
+    if value is not None:
+        return value
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
