@@ -119,8 +119,9 @@ def _first_word(g: Generation) -> tuple[int, int] | None:
 
 def _anchor_hit(g: Generation) -> _Hit | None:
     """The first word of an anchored branch (see :mod:`scrubber.discovery.anchors`): digits
-    (6-12, not patterned; shorter runs are years, counts and versions in ordinary text), or a
-    generated-looking mix of letters and digits of 8+ characters."""
+    (6-12; shorter runs are years, counts and versions in ordinary text), or a
+    generated-looking mix of letters and digits of 8+ characters. Patterned values are dropped
+    later, with every other hit's (:func:`patterned`)."""
     span = _first_word(g)
     if span is None:
         return None
@@ -134,7 +135,7 @@ def _anchor_hit(g: Generation) -> _Hit | None:
     if not value.isascii():
         return None
     if value.isdigit():
-        ok, kind = 6 <= len(value) <= 12 and not patterned(value), "digits"
+        ok, kind = 6 <= len(value) <= 12, "digits"  # patterned runs are dropped with every hit's
     else:
         ok, kind = len(value) >= 8 and value.isalnum() and looks_random(value), "password"
     if not ok:

@@ -139,17 +139,16 @@ def iterative(task: UpdateTask, settings: UpdateSettings, *, probe_every: int = 
                     exposures = task.exposures()
                     probed += len(exposures)
                     active = {cid for cid, e in exposures.items() if e > settings.aim}
+            worst = max(exposures.values()) if exposures else None
             history.append({"step": steps - 1, "active": len(active), "retain_rise": rise,
-                            "max_exposure": max(exposures.values()) if exposures else None,
-                            "step_norm": step_norm})
-            if task.log and exposures:
+                            "max_exposure": worst, "step_norm": step_norm})
+            if task.log and worst is not None:
                 task.log(f"step {steps - 1}: {len(active)} canaries above {settings.aim:g} bits on the probe, "
-                         f"worst {max(exposures.values()):.1f}, retain rise {100 * rise:+.2f}%, "
+                         f"worst {worst:.1f}, retain rise {100 * rise:+.2f}%, "
                          f"step {step_norm / max(scale, 1e-30):.1e} of the scale")
             if not active:
                 steps -= 1
                 break
-            worst = max(exposures.values()) if exposures else None
             fell = prev_worst - worst if worst is not None and prev_worst is not None else None
             if fell is not None and fell < STALL_BITS and rise < settings.max_retain_increase * GROW_BELOW:
                 step_norm = min(step_norm * 2, max_norm)

@@ -189,19 +189,16 @@ def score_tensors(task: UpdateTask, *, retain_blocks: int | None = RETAIN_BLOCKS
     """Forget/retain gradient energies and first-order contributions of every tensor in
     ``task.selection``, at the current weights (scores are filled in by :func:`localize`)."""
     sel = task.selection
-    g_f = task.forget_gradient().double()
-    g_r = task.retain_gradient(retain_blocks).double() if task.retain_blocks is not None else None
+    g_f = sel.unflatten(task.forget_gradient())
+    g_r = sel.unflatten(task.retain_gradient(retain_blocks)) if task.retain_blocks is not None else None
     out: list[TensorScore] = []
-    offset = 0
-    for name, p in zip(sel.names, sel.params):
-        n = p.numel()
-        gf = g_f[offset:offset + n]
-        theta = p.detach().reshape(-1).double().to(gf.device)
+    for i, (name, p) in enumerate(zip(sel.names, sel.params)):
+        gf = g_f[i].reshape(-1).double()
+        theta = p.detach().reshape(-1).double()
         out.append(TensorScore(
-            name=name, numel=n, forget_energy=float(gf.pow(2).sum()),
-            retain_energy=0.0 if g_r is None else float(g_r[offset:offset + n].pow(2).sum()),
+            name=name, numel=p.numel(), forget_energy=float(gf.pow(2).sum()),
+            retain_energy=0.0 if g_r is None else float(g_r[i].double().pow(2).sum()),
             contribution=abs(float(gf @ theta)), score=0.0))
-        offset += n
     return out
 
 
